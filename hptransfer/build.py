@@ -1,0 +1,73 @@
+"""From a config to a model, its parameterization table and its knobs."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hptransfer import configlib
+from hptransfer import models
+from hptransfer import parameterization as P
+
+
+@dataclasses.dataclass
+class Built:
+  cfg: Any
+  model: Any
+  table: dict[str, P.Leaf]
+  attn_scale: float
+  branch_mult: float
+
+  def init(self, rng):
+    """Parameters as stored (before forward multipliers)."""
+    tokens = models.dummy_tokens(self.cfg)
+    model_init = lambda r: self.model.init(r, tokens)["params"]
+    return jax.jit(lambda r: P.init_params(model_init, r, self.table))(rng)
+
+  def abstract_params(self):
+    tokens = models.dummy_tokens(self.cfg)
+    return jax.eval_shape(lambda: self.model.init(jax.random.key(0), tokens)["params"])
+
+  def leaf_trees(self):
+    return P.leaf_trees(self.abstract_params(), self.table)
+
+  def apply(self, params, forward_mults, tokens_BxT, capture: bool = False):
+    """Logits (and, with ``capture``, the sown intermediates)."""
+    effective = P.apply_forward_mults(params, forward_mults)
+    if capture:
+      logits, state = self.model.apply(
+          {"params": effective}, tokens_BxT, self.attn_scale, self.branch_mult,
+          mutable=["intermediates"])
+      return logits, state["intermediates"]
+    return self.model.apply({"params": effective}, tokens_BxT, self.attn_scale,
+                            self.branch_mult)
+
+  def describe(self) -> list[dict]:
+    return [leaf.row() for leaf in self.table.values()]
+
+  def num_params(self) -> int:
+    return sum(int(jnp.prod(jnp.array(l.shape))) if l.shape else 1
+               for l in self.table.values())
+
+
+def build(cfg) -> Built:
+  configlib.validate(cfg)
+  p = cfg.parameterization
+  tokens = models.dummy_tokens(cfg)
+
+  def shapes(width):
+    model = models.build(cfg, width=width)
+    return P.flat_shapes(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), tokens)["params"]))
+
+  target = shapes(cfg.model.width)
+  base = shapes(p.base_width)
+  delta = shapes(2 * p.base_width)
+  table = P.build_table(p, cfg.optimizer.name, cfg.optimizer.weight_decay_mode,
+                        target, base, delta, cfg.model.depth)
+  head_dim = cfg.model.get("head_dim", 1) if cfg.model.name == "transformer" else 1
+  return Built(cfg=cfg, model=models.build(cfg), table=table,
+               attn_scale=P.attention_scale(p, head_dim),
+               branch_mult=P.branch_multiplier(p, cfg.model.depth))

@@ -1,0 +1,154 @@
+"""Datasets.  A batch is a pure function of (data seed, step, split).
+
+``stdlib``     the embedded default: a byte-level corpus made of the Python
+               standard library's own ``.py`` sources on the running interpreter
+               (sorted, ``test``/``tests``/``idle_test``/``site-packages`` left
+               out), split into train/validation by file (a file goes to
+               validation when the crc32 of its relative path is 0 mod 10).
+               Every machine with Python has it; its sha256 goes into every
+               output because it differs between Python versions.
+``tokens``     flat binary token files as nanoGPT writes them (uint16 or
+               uint32 ids), memory-mapped.
+``synthetic``  tokens from a fixed random first-order Markov chain: cheap, with
+               a known entropy floor, for unit tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import pathlib
+import sysconfig
+import zlib
+
+import numpy as np
+
+DATASETS = ("stdlib", "tokens", "synthetic")
+_EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+
+
+class DataError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class Dataset:
+  name: str
+  vocab_size: int
+  sha256: str
+  train: np.ndarray | None = None   # flat token arrays (may be memmaps)
+  val: np.ndarray | None = None
+  markov_cdf: np.ndarray | None = None  # synthetic only
+
+  def batch(self, seed: int, step: int, batch_size: int, seq_len: int,
+            split: str = "train") -> np.ndarray:
+    """(batch_size, seq_len + 1) int32 tokens; inputs are [:, :-1], targets [:, 1:]."""
+    split_id = {"train": 0, "val": 1}[split]
+    rng = np.random.default_rng([seed, split_id, step])
+    if self.markov_cdf is not None:
+      return _markov_batch(self.markov_cdf, rng, batch_size, seq_len + 1)
+    data = self.train if split == "train" else self.val
+    n = len(data) - seq_len - 1
+    if n <= 0:
+      raise DataError(f"the {split} split of {self.name!r} has {len(data)} tokens, "
+                      f"fewer than data.seq_len + 1 = {seq_len + 1}")
+    starts = rng.integers(0, n, size=batch_size)
+    idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
+    return np.asarray(data[idx], dtype=np.int32)
+
+
+def _markov_batch(cdf, rng, batch_size, length):
+  V = cdf.shape[0]
+  out = np.empty((batch_size, length), np.int32)
+  out[:, 0] = rng.integers(0, V, size=batch_size)
+  u = rng.random((batch_size, length - 1))
+  for t in range(1, length):
+    out[:, t] = (cdf[out[:, t - 1]] < u[:, t - 1, None]).sum(-1)
+  np.minimum(out, V - 1, out=out)
+  return out
+
+
+def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  files = sorted(
+      f for f in root.rglob("*.py")
+      if not (_EXCLUDED_DIRS & set(f.relative_to(root).parts))
+      and not f.name.startswith("test_"))
+  return root, files
+
+
+@functools.lru_cache(maxsize=2)
+def load_stdlib(val_mod: int = 10) -> Dataset:
+  root, files = stdlib_files()
+  if not files:
+    raise DataError(f"found no .py files under the standard library at {root}")
+  train, val = [], []
+  h = hashlib.sha256()
+  for f in files:
+    rel = str(f.relative_to(root)).encode()
+    data = f.read_bytes() + b"\n"
+    h.update(rel + b"\0" + data)
+    (val if zlib.crc32(rel) % val_mod == 0 else train).append(data)
+  return Dataset(
+      name="stdlib", vocab_size=256, sha256=h.hexdigest(),
+      train=np.frombuffer(b"".join(train), np.uint8),
+      val=np.frombuffer(b"".join(val), np.uint8))
+
+
+def _file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def load_tokens(dcfg) -> Dataset:
+  dtype = {"uint16": np.uint16, "uint32": np.uint32}.get(dcfg.token_dtype)
+  if dtype is None:
+    raise DataError(f"data.token_dtype={dcfg.token_dtype!r} must be 'uint16' or "
+                    "'uint32' (the width of the ids in the token file)")
+  arrays, shas = {}, []
+  for field in ("train_path", "val_path"):
+    path = os.path.expanduser(dcfg.get(field) or "")
+    if not path or not os.path.isfile(path):
+      raise DataError(f"data.{field}={path!r}: no such token file; set "
+                      f"--config.data.{field}=/path/to/{field.split('_')[0]}.bin")
+    arrays[field] = np.memmap(path, dtype=dtype, mode="r")
+    shas.append(_file_sha256(path))
+  if not dcfg.get("vocab_size"):
+    raise DataError("data.vocab_size must be set for token files "
+                    "(e.g. --config.data.vocab_size=50304)")
+  return Dataset(name="tokens", vocab_size=int(dcfg.vocab_size),
+                 sha256=hashlib.sha256("".join(shas).encode()).hexdigest(),
+                 train=arrays["train_path"], val=arrays["val_path"])
+
+
+def make_synthetic(vocab_size: int, seed: int = 0, concentration: float = 0.3) -> Dataset:
+  rng = np.random.default_rng(seed)
+  probs = rng.dirichlet(np.full(vocab_size, concentration), size=vocab_size)
+  cdf = np.cumsum(probs, axis=-1)
+  sha = hashlib.sha256(probs.tobytes()).hexdigest()
+  return Dataset(name="synthetic", vocab_size=vocab_size, sha256=sha, markov_cdf=cdf)
+
+
+def vocab_size(dcfg) -> int:
+  """The vocabulary of a data config without loading the data."""
+  if dcfg.name == "stdlib":
+    return 256
+  if dcfg.name in ("tokens", "synthetic"):
+    if not dcfg.get("vocab_size"):
+      raise DataError(f"data.vocab_size must be set when data.name={dcfg.name!r}")
+    return int(dcfg.vocab_size)
+  raise DataError(f"data.name={dcfg.name!r} is not one of {', '.join(DATASETS)}")
+
+
+def get_dataset(dcfg) -> Dataset:
+  if dcfg.name == "stdlib":
+    return load_stdlib()
+  if dcfg.name == "tokens":
+    return load_tokens(dcfg)
+  if dcfg.name == "synthetic":
+    return make_synthetic(vocab_size(dcfg), seed=dcfg.get("synthetic_seed", 0))
+  raise DataError(f"data.name={dcfg.name!r} is not one of {', '.join(DATASETS)}")

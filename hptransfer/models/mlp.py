@@ -1,0 +1,50 @@
+"""A byte-context MLP language model (plain Flax).
+
+Position t sees the embeddings of tokens t, t-1, ..., t-context+1 (zeros before
+the start), concatenated, and predicts token t+1.  ``depth`` hidden layers of
+``width`` units follow the input layer; with ``residual=True`` each hidden layer
+is a residual branch ``x + branch_mult * act(dense(x))``, so depth rules apply.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from hptransfer.models.transformer import ACTIVATIONS
+
+
+class MLP(nn.Module):
+  vocab_size: int
+  width: int
+  depth: int
+  context: int = 8
+  activation: str = "relu"
+  use_bias: bool = True
+  residual: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
+    del attn_scale  # no attention here
+    act = ACTIVATIONS[self.activation]
+    e_BxTxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype,
+                       name="tok_embed")(tokens_BxT)
+    shifted = [e_BxTxD] + [
+        jnp.pad(e_BxTxD[:, :-k], ((0, 0), (k, 0), (0, 0)))
+        for k in range(1, self.context)]
+    x_BxTxCD = jnp.concatenate(shifted, axis=-1)
+    self.sow("intermediates", "embed", x_BxTxCD)
+    x_BxTxD = act(nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
+                           name="fc_in")(x_BxTxCD))
+    for i in range(self.depth):
+      h_BxTxD = act(nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
+                             name=f"block_{i}")(x_BxTxD))
+      self.sow("intermediates", f"hidden_{i}", h_BxTxD)
+      x_BxTxD = x_BxTxD + branch_mult * h_BxTxD if self.residual else h_BxTxD
+    logits_BxTxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
+                            dtype=self.dtype, name="readout")(x_BxTxD)
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    self.sow("intermediates", "logits", logits_BxTxV)
+    return logits_BxTxV

@@ -1,0 +1,127 @@
+"""GPT-style pre-norm decoder-only Transformer (plain Flax).
+
+The model knows nothing of muP beyond two call-time knobs: ``attn_scale`` (what
+multiplies the query before the q.k product) and ``branch_mult`` (what multiplies
+every residual branch).  Forward multipliers of individual leaves are applied by
+the caller to the params tree it passes in (see ``parameterization``).
+
+Shape suffixes: B batch, T sequence, D width, N heads, H head dim, F MLP width,
+V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "tanh": jnp.tanh}
+
+
+def make_norm(kind: str, use_bias: bool, dtype, name: str) -> nn.Module:
+  if kind == "rmsnorm":
+    return nn.RMSNorm(dtype=dtype, name=name)
+  return nn.LayerNorm(use_bias=use_bias, dtype=dtype, name=name)
+
+
+class Attention(nn.Module):
+  width: int
+  head_dim: int
+  use_bias: bool
+  qk_norm: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxD, attn_scale):
+    B, T, _ = x_BxTxD.shape
+    N, H = self.width // self.head_dim, self.head_dim
+    dense = lambda name: nn.Dense(self.width, use_bias=self.use_bias,
+                                  dtype=self.dtype, name=name)
+    q_BxTxNxH = dense("query")(x_BxTxD).reshape(B, T, N, H)
+    k_BxTxNxH = dense("key")(x_BxTxD).reshape(B, T, N, H)
+    v_BxTxNxH = dense("value")(x_BxTxD).reshape(B, T, N, H)
+    if self.qk_norm:
+      q_BxTxNxH = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q_BxTxNxH)
+      k_BxTxNxH = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k_BxTxNxH)
+    # The logit scale is applied to q so it may be a traced value (sweeps vmap
+    # over it); cuDNN's fused kernel then runs with scale 1.
+    q_BxTxNxH = q_BxTxNxH * jnp.asarray(attn_scale, q_BxTxNxH.dtype)
+    o_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0, is_causal=True)
+    return dense("out")(o_BxTxNxH.reshape(B, T, N * H))
+
+
+class MlpBlock(nn.Module):
+  width: int
+  hidden: int
+  activation: str
+  use_bias: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    h_BxTxF = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
+                       name="fc_in")(x_BxTxD)
+    h_BxTxF = ACTIVATIONS[self.activation](h_BxTxF)
+    return nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
+                    name="fc_out")(h_BxTxF)
+
+
+class Block(nn.Module):
+  width: int
+  head_dim: int
+  mlp_hidden: int
+  norm: str
+  activation: str
+  use_bias: bool
+  qk_norm: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxD, attn_scale, branch_mult):
+    h = make_norm(self.norm, self.use_bias, self.dtype, "norm1")(x_BxTxD)
+    a_BxTxD = Attention(self.width, self.head_dim, self.use_bias, self.qk_norm,
+                        self.dtype, name="attn")(h, attn_scale)
+    self.sow("intermediates", "attn_out", a_BxTxD)
+    x_BxTxD = x_BxTxD + branch_mult * a_BxTxD
+    h = make_norm(self.norm, self.use_bias, self.dtype, "norm2")(x_BxTxD)
+    m_BxTxD = MlpBlock(self.width, self.mlp_hidden, self.activation,
+                       self.use_bias, self.dtype, name="mlp")(h)
+    self.sow("intermediates", "mlp_out", m_BxTxD)
+    return x_BxTxD + branch_mult * m_BxTxD
+
+
+class Transformer(nn.Module):
+  vocab_size: int
+  seq_len: int
+  width: int
+  depth: int
+  head_dim: int
+  mlp_ratio: float = 4.0
+  norm: str = "rmsnorm"
+  activation: str = "gelu"
+  use_bias: bool = False
+  qk_norm: bool = False
+  dtype: Any = jnp.float32   # compute dtype; params are always float32
+
+  @nn.compact
+  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
+    if attn_scale is None:
+      attn_scale = self.head_dim ** -0.5
+    T = tokens_BxT.shape[1]
+    x_BxTxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype,
+                       name="tok_embed")(tokens_BxT)
+    x_BxTxD = x_BxTxD + nn.Embed(self.seq_len, self.width, dtype=self.dtype,
+                                 name="pos_embed")(jnp.arange(T))[None]
+    self.sow("intermediates", "embed", x_BxTxD)
+    for i in range(self.depth):
+      x_BxTxD = Block(self.width, self.head_dim, int(self.mlp_ratio * self.width),
+                      self.norm, self.activation, self.use_bias, self.qk_norm,
+                      self.dtype, name=f"block_{i}")(x_BxTxD, attn_scale, branch_mult)
+    x_BxTxD = make_norm(self.norm, self.use_bias, self.dtype, "final_norm")(x_BxTxD)
+    logits_BxTxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
+                            dtype=self.dtype, name="readout")(x_BxTxD)
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    self.sow("intermediates", "logits", logits_BxTxV)
+    return logits_BxTxV

@@ -1,0 +1,378 @@
+"""Parameterizations as data: the abc rules of SP, muP, NTK and mean-field.
+
+Every parameter leaf ``w`` enters the model as ``W = forward_mult * w`` with
+``w0 ~ N(0, init_std**2)`` and is trained with learning rate
+``lr * schedule(t) * lr_mult`` (Everett et al. 2024, "abc" view).  Each factor is
+a power of the leaf's fan-in and fan-out width multipliers
+
+    m_in  = fan_in  / base_fan_in        m_out = fan_out / base_fan_out
+
+(and, for leaves inside residual blocks, of the depth multiplier
+``d = depth / base_depth``), so at the base shape every parameterization *is*
+standard parameterization, bit for bit.
+
+Shape conventions.  A leaf's last axis is its fan-out and the product of the
+others its fan-in; a 1-D leaf (bias, norm gain) has fan-in 1.  A lookup table
+(flax ``nn.Embed``'s ``embedding`` leaf) is a one-hot input layer: its rows are
+read one at a time, so its init uses fan-in 1 (std = ``init_std``), not the
+vocabulary size.
+
+Roles (microsoft/mup's "infshape" view).  Comparing the leaf's shape in a model
+at ``base_width`` and at ``2 * base_width`` (``jax.eval_shape``: no memory) tells
+which axes grow with width:
+
+    input   fan-in fixed,   fan-out grows     (embeddings, first layer)
+    hidden  both grow                         (attention and MLP matrices)
+    output  fan-in grows,   fan-out fixed     (readout)
+    vector  a 1-D leaf that grows             (biases, norm gains)
+    scalar  nothing grows                     (readout bias, qk-norm gains)
+
+``parameterization.role_rules`` — a list of ``(regex, role)`` — overrides the
+inference; a rule that matches no leaf, or a leaf that two rules give different
+roles, is an error naming it.
+
+Width rules (exponents on (m_in, m_out); rows "sgd" / "adam" are the LR).
+muP follows microsoft/mup exactly (MuReadout + MuAdam / MuSGD): the readout is
+stored at the base std and divided by m_in in the forward pass.  NTK uses a
+global learning rate (Jacot et al. 2018).  Mean-field (MF) uses the abc of
+Everett et al. (hidden a=1/2, readout a=1, b=0) with the per-layer learning
+rates that their symmetry maps onto muP, so MF and muP train the *same*
+function up to Adam's epsilon; a test checks that.
+
+See ``TABLE`` below, and ``python -m hptransfer.describe`` for what it does to a
+given model.
+
+Depth rules (Depth-muP, Yang et al. 2023 / Bordelon et al. 2023; CompleteP,
+Dey et al. 2025).  The model multiplies every residual branch by ``d**-alpha``.
+For ``alpha > 0`` every leaf inside a residual block (``block_regex``) also gets
+
+    Adam-family LR  x d**(alpha - 1)      (alpha=1/2: 1/sqrt(d); alpha=1: 1)
+    SGD LR          x d**(2*alpha - 1)    (alpha=1/2: 1)
+    Adam epsilon    x d**-alpha           (the block gradients shrink by d**-alpha)
+
+derived from asking each block's contribution to the residual stream to move by
+Theta(1/d) per step.  ``alpha = 0`` is plain muP: no depth correction at all.
+
+Weight decay.  ``wd_mult`` keeps the per-step decay fraction of a matrix the
+same at every width and depth: with decay coupled to the LR (torch/optax AdamW:
+``p -= lr * lr_mult * wd * wd_mult * p``) that is ``wd_mult = 1 / lr_mult`` (as
+microsoft/mup and CompleteP do); with independent decay (``p -= schedule * wd *
+p``, Wortsman et al. 2023) it is 1.  Vectors and scalars are not decayed
+(``wd_mult = 0``).
+
+Adam epsilon across width is left unscaled, as microsoft/mup leaves it; use
+``adam_atan2`` (no epsilon) if epsilon underflow matters at your widths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROLES = ("input", "hidden", "output", "vector", "scalar")
+PARAMETERIZATIONS = ("sp", "mup", "ntk", "mf")
+FAMILIES = ("sgd", "adam")
+# Optimizer name -> rule family.
+OPTIMIZER_FAMILY = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adam_atan2": "adam"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Width exponents of one role: each pair is (exponent of m_in, of m_out)."""
+  init: tuple[float, float]      # stored std, relative to SP's std at base shape
+  forward: tuple[float, float]   # forward multiplier
+  lr_sgd: tuple[float, float]
+  lr_adam: tuple[float, float]
+
+  def lr(self, family: str) -> tuple[float, float]:
+    return self.lr_sgd if family == "sgd" else self.lr_adam
+
+
+_NONE = (0.0, 0.0)
+_SP_MATRIX = Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=_NONE, lr_adam=_NONE)
+_CONST = Rule(init=_NONE, forward=_NONE, lr_sgd=_NONE, lr_adam=_NONE)
+_VECTOR_MUP = Rule(init=_NONE, forward=_NONE, lr_sgd=(0.0, 1.0), lr_adam=_NONE)
+_INPUT_MUP = Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=(0.0, 1.0), lr_adam=_NONE)
+_OUTPUT_MUP = Rule(init=_NONE, forward=(-1.0, 0.0), lr_sgd=(1.0, 0.0), lr_adam=_NONE)
+_NTK_MATRIX = Rule(init=_NONE, forward=(-0.5, 0.0), lr_sgd=_NONE, lr_adam=_NONE)
+
+# TABLE[parameterization][role] -> Rule.  Input layers have a fixed fan-in, so
+# their m_in exponents never matter; they are written as for any matrix.
+TABLE: dict[str, dict[str, Rule]] = {
+    "sp": {"input": _SP_MATRIX, "hidden": _SP_MATRIX, "output": _SP_MATRIX,
+           "vector": _CONST, "scalar": _CONST},
+    "mup": {
+        "input": _INPUT_MUP,
+        "hidden": Rule(init=(-0.5, 0.0), forward=_NONE,
+                       lr_sgd=(-1.0, 1.0), lr_adam=(-1.0, 0.0)),
+        "output": _OUTPUT_MUP,
+        "vector": _VECTOR_MUP,
+        "scalar": _CONST,
+    },
+    "ntk": {"input": _NTK_MATRIX, "hidden": _NTK_MATRIX, "output": _NTK_MATRIX,
+            "vector": _CONST, "scalar": _CONST},
+    "mf": {
+        "input": _INPUT_MUP,
+        "hidden": Rule(init=_NONE, forward=(-0.5, 0.0),
+                       lr_sgd=(0.0, 1.0), lr_adam=(-0.5, 0.0)),
+        "output": _OUTPUT_MUP,
+        "vector": _VECTOR_MUP,
+        "scalar": _CONST,
+    },
+}
+
+
+def depth_exponents(alpha: float, family: str) -> dict[str, float]:
+  """Exponents of d = depth/base_depth for leaves inside residual blocks."""
+  if alpha == 0:
+    return {"branch": 0.0, "lr": 0.0, "eps": 0.0}
+  lr = (alpha - 1.0) if family == "adam" else (2.0 * alpha - 1.0)
+  return {"branch": -alpha, "lr": lr, "eps": -alpha}
+
+
+DESCRIBE_KEYS = ("path", "shape", "role", "fan_in_mult", "fan_out_mult",
+                 "init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  path: str
+  shape: tuple[int, ...]
+  role: str
+  fan_in_mult: float
+  fan_out_mult: float
+  init_std: float          # std of the stored leaf at init (0: constant init)
+  forward_mult: float      # what the model multiplies the stored leaf by
+  lr_mult: float           # what multiplies the global learning rate
+  wd_mult: float           # what multiplies the global weight decay
+  eps_mult: float | None   # what multiplies Adam's epsilon (None: no epsilon)
+  in_block: bool
+  lookup: bool             # an embedding table (one-hot input)
+
+  def row(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["shape"] = list(self.shape)
+    return {k: d[k] for k in DESCRIBE_KEYS}
+
+
+class ParameterizationError(ValueError):
+  """A leaf or rule the parameterization cannot place; the message names it."""
+
+
+def path_str(key_path) -> str:
+  parts = []
+  for k in key_path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(k.name)
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {path_str(p): tuple(x.shape) for p, x in leaves}
+
+
+def infer_roles(target: Mapping[str, tuple], base: Mapping[str, tuple],
+                delta: Mapping[str, tuple],
+                rules: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+  """Role of every leaf from its shapes at the target, base and delta widths."""
+  for rx, role in rules:
+    if role not in ROLES:
+      raise ParameterizationError(
+          f"parameterization.role_rules: role {role!r} for {rx!r} is not one of "
+          f"{', '.join(ROLES)}")
+  used = set()
+  roles = {}
+  for path, shape in target.items():
+    if path not in base or path not in delta:
+      raise ParameterizationError(
+          f"leaf {path!r} is missing from the model at base width "
+          f"{'' if path in base else '(base)'}{'' if path in delta else '(delta)'}; "
+          "a leaf that exists only at some widths cannot be given a role")
+    b, d = base[path], delta[path]
+    if not (len(shape) == len(b) == len(d)):
+      raise ParameterizationError(
+          f"leaf {path!r} changes rank with width ({b} at base, {d} at delta); "
+          "cannot infer its role: add a (regex, role) rule to "
+          "parameterization.role_rules")
+    matched = {role for rx, role in rules if re.search(rx, path)}
+    used |= {rx for rx, role in rules if re.search(rx, path)}
+    if len(matched) > 1:
+      raise ParameterizationError(
+          f"leaf {path!r} is matched by parameterization.role_rules with "
+          f"different roles {sorted(matched)}; make the rules exclusive")
+    if matched:
+      roles[path] = matched.pop()
+      continue
+    grows = [bi != di for bi, di in zip(b, d)]
+    if len(shape) <= 1:
+      roles[path] = "vector" if any(grows) else "scalar"
+    else:
+      fan_in, fan_out = any(grows[:-1]), grows[-1]
+      roles[path] = {(True, True): "hidden", (False, True): "input",
+                     (True, False): "output", (False, False): "scalar"}[(fan_in, fan_out)]
+  unused = [rx for rx, _ in rules if rx not in used]
+  if unused:
+    raise ParameterizationError(
+        f"parameterization.role_rules: {unused} match no parameter leaf; "
+        f"leaves are {sorted(target)}")
+  return roles
+
+
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+  if len(shape) == 0:
+    return 1, 1
+  if len(shape) == 1:
+    return 1, shape[0]
+  return int(np.prod(shape[:-1])), shape[-1]
+
+
+def _power(m_in: float, m_out: float, e: tuple[float, float]) -> float:
+  # Written so that m == 1 gives exactly 1.0 (bitwise SP at base shape).
+  out = 1.0
+  if e[0]:
+    out *= m_in ** e[0]
+  if e[1]:
+    out *= m_out ** e[1]
+  return out
+
+
+def build_table(pcfg, optimizer_name: str, weight_decay_mode: str,
+                target: Mapping[str, tuple], base: Mapping[str, tuple],
+                delta: Mapping[str, tuple], depth: int) -> dict[str, Leaf]:
+  """Per-leaf scales for one model; ``pcfg`` is the ``parameterization`` config."""
+  name = pcfg.name
+  family = OPTIMIZER_FAMILY[optimizer_name]
+  rules = [tuple(r) for r in pcfg.get("role_rules", ())]
+  roles = infer_roles(target, base, delta, rules)
+  d = depth / pcfg.base_depth
+  dexp = depth_exponents(float(pcfg.alpha), family)
+  block_rx = re.compile(pcfg.block_regex)
+  query_rx = re.compile(pcfg.query_regex)
+  has_eps = optimizer_name in ("adam", "adamw")
+  table = {}
+  for path, shape in target.items():
+    role = roles[path]
+    rule = TABLE[name][role]
+    lookup = path.split("/")[-1] == "embedding"
+    base_in, base_out = _fans(base[path])
+    fan_in, fan_out = _fans(shape)
+    m_in, m_out = fan_in / base_in, fan_out / base_out
+    in_block = bool(block_rx.search(path))
+
+    if len(shape) >= 2:
+      base_std = pcfg.init_std * (1.0 if lookup else 1.0 / math.sqrt(base_in))
+      init_std = base_std * _power(m_in, m_out, rule.init)
+      if role == "output" and pcfg.zero_init_readout:
+        init_std = 0.0
+      if pcfg.zero_init_query and query_rx.search(path):
+        init_std = 0.0
+    else:
+      init_std = 0.0  # biases and gains keep the model's constant init
+
+    forward = _power(m_in, m_out, rule.forward)
+    if role == "output":
+      forward *= pcfg.output_mult
+    if lookup and role == "input":
+      forward *= pcfg.embed_mult
+
+    lr = _power(m_in, m_out, rule.lr(family))
+    eps = 1.0
+    if in_block and dexp["lr"]:
+      lr *= d ** dexp["lr"]
+    if in_block and dexp["eps"]:
+      eps *= d ** dexp["eps"]
+
+    if len(shape) >= 2:
+      wd = (1.0 / lr) if weight_decay_mode == "coupled" else 1.0
+    else:
+      wd = 0.0
+    table[path] = Leaf(path=path, shape=tuple(shape), role=role,
+                       fan_in_mult=m_in, fan_out_mult=m_out, init_std=init_std,
+                       forward_mult=forward, lr_mult=lr, wd_mult=wd,
+                       eps_mult=eps if has_eps else None, in_block=in_block,
+                       lookup=lookup)
+  if dexp["branch"] and not any(l.in_block for l in table.values()):
+    raise ParameterizationError(
+        f"parameterization.alpha={pcfg.alpha} needs residual blocks, but no leaf "
+        f"matches parameterization.block_regex={pcfg.block_regex!r}; use alpha=0 "
+        "or a residual model")
+  return table
+
+
+def attention_scale(pcfg, head_dim: int) -> float:
+  """Attention-logit multiplier: SP/NTK 1/sqrt(d_head); muP/MF 1/d_head.
+
+  muP's 1/d_head is anchored at the base head dimension so that at base shape
+  it equals SP's 1/sqrt(d_head) exactly:
+  ``attn_mult * (1/sqrt(base_hd)) * (base_hd / hd)``.
+  """
+  base_hd = pcfg.get("base_head_dim") or head_dim
+  if pcfg.name not in ("mup", "mf"):
+    return pcfg.attn_mult * (1.0 / math.sqrt(head_dim))
+  scale = pcfg.attn_mult * (1.0 / math.sqrt(base_hd))
+  if head_dim != base_hd:
+    scale *= base_hd / head_dim
+  return scale
+
+
+def branch_multiplier(pcfg, depth: int) -> float:
+  alpha = float(pcfg.alpha)
+  if alpha == 0:
+    return 1.0
+  return (depth / pcfg.base_depth) ** (-alpha)
+
+
+def _tree_from_table(params_like, table: Mapping[str, Leaf], field: str, dtype=jnp.float32):
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params_like)
+  vals = []
+  for p, _ in leaves:
+    v = getattr(table[path_str(p)], field)
+    vals.append(jnp.asarray(1.0 if v is None else v, dtype))
+  return jax.tree_util.tree_unflatten(treedef, vals)
+
+
+def leaf_trees(params_like, table: Mapping[str, Leaf]) -> dict[str, Any]:
+  """The per-leaf scalars as pytrees shaped like params (for jit/vmap)."""
+  return {f: _tree_from_table(params_like, table, f)
+          for f in ("init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")}
+
+
+def init_params(model_init: Callable, rng, table: Mapping[str, Leaf]):
+  """Model init (for constant leaves) with every matrix redrawn at its std.
+
+  Each matrix gets its own key, folded from the leaf's path, so the draw does
+  not depend on which other leaves exist or on the parameterization: SP and
+  muP at base shape produce identical bits.
+  """
+  params = model_init(rng)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  out = []
+  for p, x in leaves:
+    path = path_str(p)
+    leaf = table[path]
+    if x.ndim >= 2:
+      key = jax.random.fold_in(rng, _path_hash(path))
+      x = (jax.random.normal(key, x.shape, jnp.float32) * leaf.init_std).astype(x.dtype)
+    out.append(x)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _path_hash(path: str) -> int:
+  import zlib
+  return zlib.crc32(path.encode()) & 0x7FFFFFFF
+
+
+def apply_forward_mults(params, forward_mults):
+  return jax.tree_util.tree_map(lambda w, m: w * m.astype(w.dtype), params, forward_mults)

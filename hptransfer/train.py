@@ -1,0 +1,332 @@
+"""Training: a pure jit-compiled step, held-out eval, metrics, checkpoints.
+
+    python -m hptransfer.train --config configs/transformer.py --workdir runs/tfm \
+        [--config.model.width=256 ...]
+
+Work directory layout::
+
+    config.json       the resolved config, dataset sha256, versions
+    metrics.jsonl     one row per log/eval step (train loss, eval loss, lr,
+                      per-leaf rms of params / grads / updates)
+    checkpoints/      orbax CheckpointManager (StandardSave of the train state)
+    summary.json      final and best losses, diverged flag, wall time, paths
+
+Running the same command again resumes from the last checkpoint; a kill loses at
+most ``train.checkpoint_every`` steps.  Batches are a pure function of
+(data.seed, step), so a resumed run computes exactly what an uninterrupted one
+would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hptransfer import build as build_lib
+from hptransfer import data as data_lib
+from hptransfer import optim
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+  """Turn on JAX's persistent compilation cache (default ~/.cache/hptransfer/jax)."""
+  path = path or os.environ.get("HPTRANSFER_JAX_CACHE",
+                                os.path.expanduser("~/.cache/hptransfer/jax"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
+def versions() -> dict[str, str]:
+  import flax
+  import orbax.checkpoint as ocp
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax": ocp.__version__, "numpy": np.__version__,
+          "device": str(jax.devices()[0].device_kind), "platform": platform.platform()}
+
+
+# ----------------------------------------------------------------------------
+# Pure functions.
+
+
+def loss_fn(built, params, forward_mults, batch_BxT1, z_loss: float = 0.0):
+  """Mean next-token cross-entropy (plus z-loss); returns (loss, ce)."""
+  inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+  logits_BxTxV = built.apply(params, forward_mults, inputs_BxT)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
+  loss = ce
+  if z_loss:
+    loss = loss + z_loss * jnp.square(jax.nn.logsumexp(logits_BxTxV, axis=-1)).mean()
+  return loss, ce
+
+
+def _rms_by_leaf(tree) -> dict[str, jax.Array]:
+  from hptransfer.parameterization import path_str
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {path_str(p): jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+          for p, x in leaves}
+
+
+def make_train_step(built, tx, forward_mults, z_loss: float = 0.0,
+                    leaf_rms: bool = True):
+  """(state, batch) -> (state, metrics); state = {step, params, opt_state}."""
+  grad_fn = jax.value_and_grad(
+      lambda p, b: loss_fn(built, p, forward_mults, b, z_loss), has_aux=True)
+
+  def step(state, batch_BxT1):
+    (loss, ce), grads = grad_fn(state["params"], batch_BxT1)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "ce": ce, "grad_norm": optax.global_norm(grads)}
+    if leaf_rms:
+      metrics["rms"] = {"params": _rms_by_leaf(params), "grads": _rms_by_leaf(grads),
+                        "updates": _rms_by_leaf(updates)}
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  return step
+
+
+def make_eval_step(built, forward_mults):
+  def step(params, batch_BxT1):
+    return loss_fn(built, params, forward_mults, batch_BxT1)[1]
+  return step
+
+
+def init_state(built, tx, seed: int):
+  params = built.init(jax.random.key(seed))
+  return {"step": jnp.zeros([], jnp.int32), "params": params,
+          "opt_state": tx.init(params)}
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints.
+
+
+def checkpoint_manager(workdir: str, keep: int = 2):
+  import orbax.checkpoint as ocp
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True))
+
+
+def restore(mngr, abstract_state, step: int | None = None):
+  import orbax.checkpoint as ocp
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    return None
+  return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def load_checkpoint(cfg, workdir: str, step: int | None = None):
+  """The train state saved in ``workdir`` (latest step by default), as arrays."""
+  built = build_lib.build(cfg)
+  tx = optim.build(cfg.optimizer, built.leaf_trees(), cfg.train.steps)
+  abstract = jax.eval_shape(lambda: init_state(built, tx, cfg.seed))
+  mngr = checkpoint_manager(workdir)
+  try:
+    return restore(mngr, abstract, step)
+  finally:
+    mngr.close()
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+class _Log:
+  """metrics.jsonl, truncated to the restored step on resume, plus wandb."""
+
+  def __init__(self, path: str, resume_step: int, wandb_run=None):
+    self.path = path
+    rows = []
+    if resume_step and os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError:
+            break  # a torn last line from a kill
+          if row["step"] <= resume_step:
+            rows.append(row)
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    self.rows = rows
+    self.wandb_run = wandb_run
+
+  def write(self, row: dict):
+    self.rows.append(row)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self.wandb_run is not None:
+      self.wandb_run.log(row, step=row["step"])
+
+
+def _flatten(prefix: str, tree) -> dict[str, float]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(f"{prefix}/{k}" if prefix else k, v))
+    return out
+  return {prefix: float(tree)}
+
+
+def _start_wandb(cfg, workdir):
+  if cfg.wandb.mode == "disabled":
+    return None
+  import wandb
+  return wandb.init(mode=cfg.wandb.mode, project=cfg.wandb.project,
+                    group=cfg.wandb.group or None, dir=workdir,
+                    config=cfg.to_dict(), resume="allow",
+                    id=cfg.wandb.get("run_id") or None)
+
+
+def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
+  """Train ``cfg`` in ``workdir`` (resuming if it holds a checkpoint)."""
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  built = build_lib.build(cfg)
+  dataset = data_lib.get_dataset(cfg.data)
+  if dataset.vocab_size != data_lib.vocab_size(cfg.data):
+    raise data_lib.DataError("data.vocab_size disagrees with the dataset")
+  T, B, steps = cfg.data.seq_len, cfg.train.batch_size, cfg.train.steps
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"config": json.loads(cfg.to_json_best_effort()),
+               "data_sha256": dataset.sha256, "num_params": built.num_params(),
+               "versions": versions()}, f, indent=1)
+
+  trees = built.leaf_trees()
+  fwd = trees["forward_mult"]
+  tx = optim.build(cfg.optimizer, trees, steps)
+  mngr = checkpoint_manager(workdir)
+  abstract = jax.eval_shape(lambda: init_state(built, tx, cfg.seed))
+  state = restore(mngr, abstract)
+  start = 0 if state is None else int(state["step"])
+  if state is None:
+    state = init_state(built, tx, cfg.seed)
+  log = _Log(os.path.join(workdir, "metrics.jsonl"), start, _start_wandb(cfg, workdir))
+
+  train_step = jax.jit(
+      make_train_step(built, tx, fwd, cfg.model.get("z_loss", 0.0),
+                      cfg.train.log_leaf_rms), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(built, fwd))
+  sched = optim.schedule(cfg.optimizer, steps)
+
+  def evaluate(params):
+    losses = [eval_step(params, dataset.batch(cfg.data.seed, i, B, T, "val"))
+              for i in range(cfg.train.eval_batches)]
+    return float(np.mean(jax.device_get(losses)))
+
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True,
+               disable=None)  # None: off when stderr is not a terminal
+  recent: list[float] = []
+  diverged_step = None
+  pending = None  # (step, metrics) of the previous step: fetched one step late
+
+  def flush(item):
+    nonlocal diverged_step
+    s, m = item
+    m = jax.device_get(m)
+    loss = float(m["loss"])
+    recent.append(loss)
+    del recent[:-10]
+    if not math.isfinite(loss) and diverged_step is None:
+      diverged_step = s
+    if s % cfg.train.log_every == 0 or s == steps:
+      row = {"step": s, "train_loss": loss, "train_ce": float(m["ce"]),
+             "grad_norm": float(m["grad_norm"]),
+             "lr": float(cfg.optimizer.lr * sched(s - 1))}
+      if "rms" in m:
+        row.update(_flatten("rms", m["rms"]))
+      log.write(row)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{loss:.4f}")
+
+  for step in range(start, steps):
+    batch = dataset.batch(cfg.data.seed, step, B, T)
+    state, metrics = train_step(state, batch)
+    if pending is not None:
+      flush(pending)
+    pending = (step + 1, metrics)
+    if diverged_step is not None:
+      break
+    done = step + 1
+    if done % cfg.train.eval_every == 0 or done == steps:
+      flush(pending)
+      pending = None
+      if diverged_step is None:
+        log.write({"step": done, "eval_loss": evaluate(state["params"])})
+    if done % cfg.train.checkpoint_every == 0 or done == steps:
+      import orbax.checkpoint as ocp
+      mngr.save(done, args=ocp.args.StandardSave(state))
+  if pending is not None:
+    flush(pending)
+  mngr.wait_until_finished()
+  mngr.close()
+  if bar is not None:
+    bar.close()
+
+  evals = [r["eval_loss"] for r in log.rows if "eval_loss" in r]
+  summary = {
+      "workdir": os.path.abspath(workdir),
+      "steps": int(state["step"]) if diverged_step is None else diverged_step,
+      "final_train_loss": float(np.mean(recent)) if recent else None,
+      "final_eval_loss": evals[-1] if evals else None,
+      "best_eval_loss": min(evals) if evals else None,
+      "diverged": diverged_step is not None, "diverged_step": diverged_step,
+      "num_params": built.num_params(),
+      "tokens": int(state["step"]) * B * T,
+      "data_sha256": dataset.sha256,
+      "wall_s": time.time() - t_start,
+      "metrics": os.path.abspath(log.path),
+      "checkpoints": os.path.abspath(os.path.join(workdir, "checkpoints")),
+  }
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  if log.wandb_run is not None:
+    log.wandb_run.summary.update({k: v for k, v in summary.items()
+                                  if isinstance(v, (int, float, bool))})
+    log.wandb_run.finish()
+  return summary
+
+
+def quiet_logs():
+  """Orbax logs every save at INFO through absl; keep warnings only."""
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+
+
+def main(argv):
+  from absl import flags
+  del argv
+  FLAGS = flags.FLAGS
+  quiet_logs()
+  enable_compilation_cache()
+  summary = train(FLAGS.config, FLAGS.workdir)
+  print(json.dumps(summary, indent=1))
+  print(f"\noutputs in {summary['workdir']}: metrics.jsonl, summary.json, checkpoints/")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/transformer.py",
+                                  "ml_collections config file")
+  flags.DEFINE_string("workdir", None, "output directory (resumes if it exists)")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
