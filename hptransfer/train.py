@@ -32,18 +32,9 @@ import numpy as np
 import optax
 
 from hptransfer import build as build_lib
+from hptransfer import cli
 from hptransfer import data as data_lib
 from hptransfer import optim
-
-
-def enable_compilation_cache(path: str | None = None) -> str:
-  """Turn on JAX's persistent compilation cache (default ~/.cache/hptransfer/jax)."""
-  path = path or os.environ.get("HPTRANSFER_JAX_CACHE",
-                                os.path.expanduser("~/.cache/hptransfer/jax"))
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return path
 
 
 def versions() -> dict[str, str]:
@@ -78,6 +69,11 @@ def _rms_by_leaf(tree) -> dict[str, jax.Array]:
           for p, x in leaves}
 
 
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree_util.tree_leaves(tree)))
+
+
 def make_train_step(built, tx, forward_mults, z_loss: float = 0.0,
                     leaf_rms: bool = True):
   """(state, batch) -> (state, metrics); state = {step, params, opt_state}."""
@@ -88,7 +84,7 @@ def make_train_step(built, tx, forward_mults, z_loss: float = 0.0,
     (loss, ce), grads = grad_fn(state["params"], batch_BxT1)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "ce": ce, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "ce": ce, "grad_norm": _global_norm(grads)}
     if leaf_rms:
       metrics["rms"] = {"params": _rms_by_leaf(params), "grads": _rms_by_leaf(grads),
                         "updates": _rms_by_leaf(updates)}
@@ -305,18 +301,11 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   return summary
 
 
-def quiet_logs():
-  """Orbax logs every save at INFO through absl; keep warnings only."""
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
-
-
 def main(argv):
   from absl import flags
   del argv
   FLAGS = flags.FLAGS
-  quiet_logs()
-  enable_compilation_cache()
+  cli.setup()
   summary = train(FLAGS.config, FLAGS.workdir)
   print(json.dumps(summary, indent=1))
   print(f"\noutputs in {summary['workdir']}: metrics.jsonl, summary.json, checkpoints/")
@@ -324,9 +313,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", "configs/transformer.py",
-                                  "ml_collections config file")
+  cli.config_flag()
   flags.DEFINE_string("workdir", None, "output directory (resumes if it exists)")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

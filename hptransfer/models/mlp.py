@@ -39,9 +39,11 @@ class MLP(nn.Module):
     x_BxTxD = act(nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
                            name="fc_in")(x_BxTxCD))
     for i in range(self.depth):
+      # Residual layers are named block_i, which the depth rules look for.
+      name = f"block_{i}" if self.residual else f"hidden_{i}"
       h_BxTxD = act(nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
-                             name=f"block_{i}")(x_BxTxD))
-      self.sow("intermediates", f"hidden_{i}", h_BxTxD)
+                             name=name)(x_BxTxD))
+      self.sow("intermediates", f"{name}_out", h_BxTxD)
       x_BxTxD = x_BxTxD + branch_mult * h_BxTxD if self.residual else h_BxTxD
     logits_BxTxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
                             dtype=self.dtype, name="readout")(x_BxTxD)

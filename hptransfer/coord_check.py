@@ -1,0 +1,147 @@
+"""Coordinate check: activation sizes across widths over the first steps.
+
+    python -m hptransfer.coord_check --config configs/transformer.py \
+        --workdir runs/coord [--widths 64,128,256,512,1024] [--steps 3] [--seeds 2]
+
+For each width, each seed and each step t = 0 .. steps (t = 0 is init, t = k
+after k updates), records the mean |x| of every sown layer output — the
+embedding, each block's attention and MLP outputs (MLP: each hidden layer), and
+the logits — on that step's training batch.  Under a correct muP these stay
+flat in width; under SP with Adam the logits and hidden outputs grow with width
+as soon as training starts (microsoft/mup's coord check, Tensor Programs V
+Fig. 5).  Writes ``coord_check.csv`` (width, seed, t, layer, mean_abs) and
+``coord_check.png`` (one panel per step, log-log against width, seed-averaged).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from hptransfer import build as build_lib
+from hptransfer import data as data_lib
+from hptransfer import optim
+from hptransfer.parameterization import path_str
+
+
+def _layer_stats(intermediates) -> dict[str, jax.Array]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(intermediates)
+  out = {}
+  for p, x in leaves:
+    name = path_str(p)
+    name = name[: -2] if name.endswith("/0") else name  # sow stores a 1-tuple
+    out[name] = jnp.mean(jnp.abs(x.astype(jnp.float32)))
+  return out
+
+
+def run_width(cfg, width: int, seeds, steps: int, dataset) -> list[dict]:
+  cfg = cfg.copy_and_resolve_references()
+  cfg.model.width = width
+  built = build_lib.build(cfg)
+  trees = built.leaf_trees()
+  fwd = trees["forward_mult"]
+  tx = optim.build(cfg.optimizer, trees, max(cfg.train.steps, steps))
+
+  def loss_and_stats(params, batch):
+    logits, inter = built.apply(params, fwd, batch[:, :-1], capture=True)
+    import optax
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+    return loss, _layer_stats(inter)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (loss, stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    import optax
+    return optax.apply_updates(params, updates), opt_state, stats, loss
+
+  rows = []
+  for seed in seeds:
+    params = built.init(jax.random.key(seed))
+    opt_state = tx.init(params)
+    for t in range(steps + 1):
+      batch = dataset.batch(cfg.data.seed + seed, t, cfg.train.batch_size, cfg.data.seq_len)
+      params, opt_state, stats, loss = step(params, opt_state, batch)
+      stats = jax.device_get(stats)
+      for layer, v in stats.items():
+        rows.append({"width": width, "seed": seed, "t": t, "layer": layer,
+                     "mean_abs": float(v)})
+      rows.append({"width": width, "seed": seed, "t": t, "layer": "loss",
+                   "mean_abs": float(loss)})
+  return rows
+
+
+def coord_check(cfg, widths, steps: int = 3, seeds=(0, 1)) -> pd.DataFrame:
+  dataset = data_lib.get_dataset(cfg.data)
+  rows = []
+  for w in widths:
+    rows += run_width(cfg, w, seeds, steps, dataset)
+  return pd.DataFrame(rows)
+
+
+def growth(df: pd.DataFrame, t: int, layer: str) -> float:
+  """Seed-averaged mean |x| at the largest width over that at the smallest."""
+  sub = df[(df.t == t) & (df.layer == layer)].groupby("width").mean_abs.mean()
+  return float(sub.iloc[-1] / sub.iloc[0])
+
+
+def plot(df: pd.DataFrame, path: str, title: str = "") -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  df = df[df.layer != "loss"]
+  ts = sorted(df.t.unique())
+  fig, axes = plt.subplots(1, len(ts), figsize=(3.2 * len(ts), 3.2), sharey=True)
+  axes = np.atleast_1d(axes)
+  mean = df.groupby(["t", "layer", "width"]).mean_abs.mean().reset_index()
+  for ax, t in zip(axes, ts):
+    for layer, g in mean[mean.t == t].groupby("layer", sort=False):
+      ax.plot(g.width, g.mean_abs, marker="o", ms=3, label=layer)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_title(f"t={t}")
+    ax.set_xlabel("width")
+  axes[0].set_ylabel("mean |x|")
+  axes[-1].legend(fontsize=6, loc="best")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  from hptransfer import cli
+  FLAGS = flags.FLAGS
+  cli.setup()
+  cfg = FLAGS.config
+  widths = [int(w) for w in FLAGS.widths.split(",")]
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  df = coord_check(cfg, widths, FLAGS.steps, tuple(range(FLAGS.seeds)))
+  csv = os.path.join(FLAGS.workdir, "coord_check.csv")
+  png = os.path.join(FLAGS.workdir, "coord_check.png")
+  df.to_csv(csv, index=False)
+  title = (f"{cfg.parameterization.name} {cfg.optimizer.name} lr={cfg.optimizer.lr:g} "
+           f"base width {cfg.parameterization.base_width}")
+  plot(df, png, title)
+  for layer in ("logits",) + tuple(sorted(set(df.layer) - {"logits", "loss"})):
+    print(f"{layer:24s} growth {widths[0]}->{widths[-1]} at t={FLAGS.steps}: "
+          f"{growth(df, FLAGS.steps, layer):.3g}x")
+  print(f"wrote {csv} and {png}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from hptransfer import cli
+  cli.config_flag()
+  flags.DEFINE_string("workdir", None, "output directory")
+  flags.DEFINE_string("widths", "64,128,256,512,1024", "comma-separated widths")
+  flags.DEFINE_integer("steps", 3, "optimizer steps recorded after init")
+  flags.DEFINE_integer("seeds", 2, "seeds averaged per width")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)

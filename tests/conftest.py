@@ -1,0 +1,40 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def tiny_config(model: str = "transformer", **overrides):
+  """A small config on the synthetic task; overrides are dotted keys."""
+  from configs import mlp, transformer
+  cfg = (transformer if model == "transformer" else mlp).get_config()
+  cfg.model.width = 64
+  cfg.model.depth = 2
+  if model == "transformer":
+    cfg.model.head_dim = 16
+  cfg.parameterization.base_width = 32
+  cfg.data.name = "synthetic"
+  cfg.data.vocab_size = 32
+  cfg.data.seq_len = 16
+  cfg.train.batch_size = 4
+  cfg.train.steps = 10
+  cfg.train.eval_every = 10
+  cfg.train.eval_batches = 2
+  cfg.train.checkpoint_every = 5
+  cfg.train.log_every = 5
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+@pytest.fixture
+def make_config():
+  return tiny_config

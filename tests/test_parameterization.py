@@ -1,0 +1,191 @@
+"""describe() against exponents derived by hand, role inference, depth rules."""
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from hptransfer import build as build_lib
+from hptransfer import parameterization as P
+
+# Hand-derived per-role scalings as functions of the width multiplier m (every
+# width-scaled axis grows by m, so hidden matrices have m_in = m_out = m).
+# Values: (init_std relative to SP's base std, forward_mult, lr_mult).
+# SP: N(0, 1/fan_in), global LR.
+# muP (microsoft/mup): readout stored at base std and divided by m in the
+#   forward pass; Adam LR 1/m on hidden matrices; SGD LR m on vector-like
+#   leaves (input, biases, gains) and on the readout.
+# NTK: stored at base std, 1/sqrt(m) in the forward pass, global LR.
+# MF: hidden 1/sqrt(m) forward, readout 1/m; LRs that make it equal muP.
+
+
+def expected(param, family, role, m):
+  r = 1 / math.sqrt(m)
+  if role == "scalar":
+    return (1.0, 1.0, 1.0)
+  if param == "sp":
+    return {"input": (1, 1, 1), "hidden": (r, 1, 1), "output": (r, 1, 1),
+            "vector": (None, 1, 1)}[role]
+  if param == "ntk":
+    return {"input": (1, 1, 1), "hidden": (1, r, 1), "output": (1, r, 1),
+            "vector": (None, 1, 1)}[role]
+  sgd = family == "sgd"
+  if param == "mup":
+    return {"input": (1, 1, m if sgd else 1),
+            "hidden": (r, 1, 1 if sgd else 1 / m),
+            "output": (1, 1 / m, m if sgd else 1),
+            "vector": (None, 1, m if sgd else 1)}[role]
+  if param == "mf":
+    return {"input": (1, 1, m if sgd else 1),
+            "hidden": (1, r, m if sgd else r),
+            "output": (1, 1 / m, m if sgd else 1),
+            "vector": (None, 1, m if sgd else 1)}[role]
+  raise AssertionError(param)
+
+
+def _table(param, opt, width, **kw):
+  cfg = tiny_config(**{"parameterization.name": param, "optimizer.name": opt,
+                       "model.width": width, "model.use_bias": True,
+                       "model.qk_norm": True, "model.norm": "layernorm", **kw})
+  return build_lib.build(cfg)
+
+
+@pytest.mark.parametrize("param", P.PARAMETERIZATIONS)
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+@pytest.mark.parametrize("width", [64, 256])
+def test_describe_matches_hand_derived_exponents(param, opt, width):
+  built = _table(param, opt, width)
+  base = 32
+  m = width / base
+  roles_seen = set()
+  for row in built.describe():
+    role = row["role"]
+    roles_seen.add(role)
+    shape = row["shape"]
+    init_rel, fwd, lr = expected(param, "sgd" if opt == "sgd" else "adam", role, m)
+    # SP std at base shape: 1/sqrt(base fan-in); embedding tables 1.
+    if len(shape) >= 2:
+      lookup = row["path"].endswith("embedding")
+      base_fan_in = 1 if lookup else np.prod(shape[:-1]) / (m if role in ("hidden", "output") else 1)
+      assert row["init_std"] == pytest.approx(init_rel / math.sqrt(base_fan_in), rel=1e-12), row
+    else:
+      assert row["init_std"] == 0.0, row
+    assert row["forward_mult"] == pytest.approx(fwd, rel=1e-12), row
+    assert row["lr_mult"] == pytest.approx(lr, rel=1e-12), row
+    # Decay is per-step width-independent (coupled: wd_mult = 1/lr_mult); no
+    # decay on 1-D leaves.
+    assert row["wd_mult"] == pytest.approx(1 / lr if len(shape) >= 2 else 0.0), row
+    assert row["eps_mult"] == (None if opt == "sgd" else 1.0)
+    assert row["fan_in_mult"] == pytest.approx(m if role in ("hidden", "output") else 1.0)
+    assert row["fan_out_mult"] == pytest.approx(m if role in ("hidden", "input", "vector") else 1.0)
+  assert roles_seen == set(P.ROLES)
+
+
+def test_roles_of_the_transformer():
+  roles = {r["path"]: r["role"] for r in _table("mup", "adamw", 64).describe()}
+  assert roles["tok_embed/embedding"] == "input"
+  assert roles["pos_embed/embedding"] == "input"
+  assert roles["block_0/attn/query/kernel"] == "hidden"
+  assert roles["block_1/mlp/fc_out/kernel"] == "hidden"
+  assert roles["block_0/mlp/fc_in/bias"] == "vector"
+  assert roles["block_0/norm1/scale"] == "vector"
+  assert roles["block_0/attn/q_norm/scale"] == "scalar"   # head_dim is fixed
+  assert roles["readout/kernel"] == "output"
+  assert roles["readout/bias"] == "scalar"
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_depth_rules(alpha, opt):
+  depth, base_depth = 8, 2
+  d = depth / base_depth
+  built = _table("mup", opt, 128, **{"model.depth": depth,
+                                     "parameterization.base_depth": base_depth,
+                                     "parameterization.alpha": alpha})
+  width_only = _table("mup", opt, 128, **{"model.depth": depth,
+                                          "parameterization.base_depth": depth})
+  ref = {r["path"]: r for r in width_only.describe()}
+  assert built.branch_mult == pytest.approx(d ** -alpha if alpha else 1.0)
+  if alpha == 0:
+    lr_factor, eps_factor = 1.0, 1.0
+  elif opt == "sgd":
+    lr_factor, eps_factor = d ** (2 * alpha - 1), 1.0
+  else:
+    lr_factor, eps_factor = d ** (alpha - 1), d ** -alpha
+  if alpha == 0.5:   # Depth-muP: Adam LR 1/sqrt(L), SGD LR unchanged
+    assert lr_factor == pytest.approx(1.0 if opt == "sgd" else d ** -0.5)
+  if alpha == 1.0 and opt != "sgd":   # CompleteP: Adam LR unchanged
+    assert lr_factor == pytest.approx(1.0)
+  n_block = 0
+  for row in built.describe():
+    r0 = ref[row["path"]]
+    in_block = row["path"].startswith("block_")
+    n_block += in_block
+    f = lr_factor if in_block else 1.0
+    assert row["lr_mult"] == pytest.approx(r0["lr_mult"] * f), row
+    assert row["init_std"] == r0["init_std"] and row["forward_mult"] == r0["forward_mult"]
+    if opt != "sgd":
+      assert row["eps_mult"] == pytest.approx(eps_factor if in_block else 1.0), row
+  assert n_block > 0
+
+
+def test_at_base_shape_every_parameterization_is_sp():
+  rows = {p: _table(p, "adamw", 32).describe() for p in P.PARAMETERIZATIONS}
+  for p in P.PARAMETERIZATIONS:
+    assert rows[p] == rows["sp"], p
+
+
+def test_attention_scale_1_over_d_under_mup():
+  cfg = tiny_config(**{"model.head_dim": 32, "model.width": 128,
+                       "parameterization.base_head_dim": 16,
+                       "parameterization.attn_mult": 2.0})
+  assert P.attention_scale(cfg.parameterization, 32) == pytest.approx(2.0 * 4 / 32)
+  cfg.parameterization.name = "sp"
+  assert P.attention_scale(cfg.parameterization, 32) == pytest.approx(2.0 / math.sqrt(32))
+
+
+def test_knobs():
+  b = _table("mup", "adamw", 128, **{"parameterization.output_mult": 3.0,
+                                     "parameterization.embed_mult": 5.0,
+                                     "parameterization.zero_init_readout": True,
+                                     "parameterization.zero_init_query": True,
+                                     "parameterization.init_std": 0.5})
+  t = {r["path"]: r for r in b.describe()}
+  assert t["readout/kernel"]["forward_mult"] == pytest.approx(3.0 / 4)
+  assert t["tok_embed/embedding"]["forward_mult"] == 5.0
+  assert t["readout/kernel"]["init_std"] == 0.0
+  assert t["block_0/attn/query/kernel"]["init_std"] == 0.0
+  assert t["block_0/attn/key/kernel"]["init_std"] == pytest.approx(0.5 / math.sqrt(32) / 2)
+  params = b.init(jax.random.key(0))
+  assert float(abs(params["readout"]["kernel"]).max()) == 0.0
+  assert float(abs(params["block_1"]["attn"]["query"]["kernel"]).max()) == 0.0
+  std = float(params["block_0"]["mlp"]["fc_in"]["kernel"].std())
+  assert std == pytest.approx(0.5 / math.sqrt(128), rel=0.05)
+
+
+def test_role_rules_override_and_errors():
+  target = {"a/kernel": (8, 8), "b/kernel": (4, 8), "c/scale": (8,)}
+  base = {"a/kernel": (2, 2), "b/kernel": (4, 2), "c/scale": (2,)}
+  delta = {"a/kernel": (4, 4), "b/kernel": (4, 4), "c/scale": (4,)}
+  assert P.infer_roles(target, base, delta) == {
+      "a/kernel": "hidden", "b/kernel": "input", "c/scale": "vector"}
+  assert P.infer_roles(target, base, delta, [(r"^b/", "hidden")])["b/kernel"] == "hidden"
+  with pytest.raises(P.ParameterizationError, match="match no parameter leaf"):
+    P.infer_roles(target, base, delta, [(r"^zzz", "hidden")])
+  with pytest.raises(P.ParameterizationError, match="'a/kernel'.*different roles"):
+    P.infer_roles(target, base, delta, [(r"kernel", "hidden"), (r"^a/", "output")])
+  with pytest.raises(P.ParameterizationError, match="not one of"):
+    P.infer_roles(target, base, delta, [(r"^a/", "matrix")])
+  with pytest.raises(P.ParameterizationError, match="'d/kernel' is missing"):
+    P.infer_roles({**target, "d/kernel": (8, 8)}, base, delta)
+  with pytest.raises(P.ParameterizationError, match="'a/kernel' changes rank"):
+    P.infer_roles(target, {**base, "a/kernel": (2,)}, delta)
+
+
+def test_alpha_needs_residual_blocks():
+  cfg = tiny_config("mlp", **{"parameterization.alpha": 0.5, "model.depth": 4})
+  with pytest.raises(P.ParameterizationError, match="parameterization.alpha"):
+    build_lib.build(cfg)
+  cfg.model.residual = True
+  assert build_lib.build(cfg).branch_mult == pytest.approx(0.5 ** 0.5)
