@@ -1,7 +1,9 @@
 """Shared start-up of the command-line entry points."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import jax
 
@@ -36,3 +38,16 @@ def setup() -> None:
 def config_flag(default: str = "configs/transformer.py"):
   from ml_collections import config_flags
   return config_flags.DEFINE_config_file("config", default, "ml_collections config file")
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Bad input (config, data, parameterization) -> one line on stderr, exit 2."""
+  from hptransfer.configlib import ConfigError
+  from hptransfer.data import DataError
+  from hptransfer.parameterization import ParameterizationError
+  try:
+    yield
+  except (ConfigError, DataError, ParameterizationError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -122,7 +122,8 @@ def main(argv):
   cfg = FLAGS.config
   widths = [int(w) for w in FLAGS.widths.split(",")]
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  df = coord_check(cfg, widths, FLAGS.steps, tuple(range(FLAGS.seeds)))
+  with cli.user_errors():
+    df = coord_check(cfg, widths, FLAGS.steps, tuple(range(FLAGS.seeds)))
   csv = os.path.join(FLAGS.workdir, "coord_check.csv")
   png = os.path.join(FLAGS.workdir, "coord_check.png")
   df.to_csv(csv, index=False)

@@ -65,7 +65,8 @@ def main(argv):
   FLAGS = flags.FLAGS
   from hptransfer import cli
   cli.quiet_logs()
-  print(render(build_lib.build(FLAGS.config), FLAGS.format))
+  with cli.user_errors():
+    print(render(build_lib.build(FLAGS.config), FLAGS.format))
 
 
 if __name__ == "__main__":

@@ -269,6 +269,9 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
         log.write({"step": done, "eval_loss": evaluate(state["params"])})
     if done % cfg.train.checkpoint_every == 0 or done == steps:
       import orbax.checkpoint as ocp
+      if pending is not None:   # a checkpoint implies its log rows are written
+        flush(pending)
+        pending = None
       mngr.save(done, args=ocp.args.StandardSave(state))
   if pending is not None:
     flush(pending)
@@ -306,7 +309,8 @@ def main(argv):
   del argv
   FLAGS = flags.FLAGS
   cli.setup()
-  summary = train(FLAGS.config, FLAGS.workdir)
+  with cli.user_errors():
+    summary = train(FLAGS.config, FLAGS.workdir)
   print(json.dumps(summary, indent=1))
   print(f"\noutputs in {summary['workdir']}: metrics.jsonl, summary.json, checkpoints/")
 
