@@ -33,16 +33,22 @@ class Built:
   def leaf_trees(self):
     return P.leaf_trees(self.abstract_params(), self.table)
 
-  def apply(self, params, forward_mults, tokens_BxT, capture: bool = False):
+  def consts(self) -> dict:
+    """What a trial feeds its forward pass besides params: the per-leaf forward
+    multipliers and the two model knobs, as arrays (so trials can be vmapped)."""
+    return {"forward_mult": self.leaf_trees()["forward_mult"],
+            "attn_scale": jnp.asarray(self.attn_scale, jnp.float32),
+            "branch_mult": jnp.asarray(self.branch_mult, jnp.float32)}
+
+  def apply(self, params, consts, tokens_BxT, capture: bool = False):
     """Logits (and, with ``capture``, the sown intermediates)."""
-    effective = P.apply_forward_mults(params, forward_mults)
+    effective = P.apply_forward_mults(params, consts["forward_mult"])
+    args = (tokens_BxT, consts["attn_scale"], consts["branch_mult"])
     if capture:
-      logits, state = self.model.apply(
-          {"params": effective}, tokens_BxT, self.attn_scale, self.branch_mult,
-          mutable=["intermediates"])
+      logits, state = self.model.apply({"params": effective}, *args,
+                                       mutable=["intermediates"])
       return logits, state["intermediates"]
-    return self.model.apply({"params": effective}, tokens_BxT, self.attn_scale,
-                            self.branch_mult)
+    return self.model.apply({"params": effective}, *args)
 
   def describe(self) -> list[dict]:
     return [leaf.row() for leaf in self.table.values()]

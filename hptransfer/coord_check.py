@@ -14,6 +14,7 @@ Fig. 5).  Writes ``coord_check.csv`` (width, seed, t, layer, mean_abs) and
 """
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -42,11 +43,11 @@ def run_width(cfg, width: int, seeds, steps: int, dataset) -> list[dict]:
   cfg.model.width = width
   built = build_lib.build(cfg)
   trees = built.leaf_trees()
-  fwd = trees["forward_mult"]
+  consts = built.consts()
   tx = optim.build(cfg.optimizer, trees, max(cfg.train.steps, steps))
 
   def loss_and_stats(params, batch):
-    logits, inter = built.apply(params, fwd, batch[:, :-1], capture=True)
+    logits, inter = built.apply(params, consts, batch[:, :-1], capture=True)
     import optax
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
     return loss, _layer_stats(inter)
@@ -130,10 +131,17 @@ def main(argv):
   title = (f"{cfg.parameterization.name} {cfg.optimizer.name} lr={cfg.optimizer.lr:g} "
            f"base width {cfg.parameterization.base_width}")
   plot(df, png, title)
-  for layer in ("logits",) + tuple(sorted(set(df.layer) - {"logits", "loss"})):
-    print(f"{layer:24s} growth {widths[0]}->{widths[-1]} at t={FLAGS.steps}: "
-          f"{growth(df, FLAGS.steps, layer):.3g}x")
-  print(f"wrote {csv} and {png}")
+  growths = {layer: growth(df, FLAGS.steps, layer)
+             for layer in sorted(set(df.layer) - {"loss"})}
+  for layer, g in growths.items():
+    print(f"{layer:24s} mean|x| growth {widths[0]}->{widths[-1]} at t={FLAGS.steps}: {g:.3g}x")
+  summary = os.path.join(FLAGS.workdir, "coord_check.json")
+  with open(summary, "w") as f:
+    json.dump({"widths": widths, "steps": FLAGS.steps, "seeds": FLAGS.seeds,
+               "growth_at_last_step": growths,
+               "data_sha256": data_lib.get_dataset(cfg.data).sha256,
+               "config": json.loads(cfg.to_json_best_effort())}, f, indent=1)
+  print(f"wrote {csv}, {png} and {summary}")
 
 
 if __name__ == "__main__":

@@ -51,10 +51,10 @@ def versions() -> dict[str, str]:
 # Pure functions.
 
 
-def loss_fn(built, params, forward_mults, batch_BxT1, z_loss: float = 0.0):
+def loss_fn(built, params, consts, batch_BxT1, z_loss: float = 0.0):
   """Mean next-token cross-entropy (plus z-loss); returns (loss, ce)."""
   inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
-  logits_BxTxV = built.apply(params, forward_mults, inputs_BxT)
+  logits_BxTxV = built.apply(params, consts, inputs_BxT)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
   loss = ce
   if z_loss:
@@ -74,14 +74,16 @@ def _global_norm(tree) -> jax.Array:
                       for x in jax.tree_util.tree_leaves(tree)))
 
 
-def make_train_step(built, tx, forward_mults, z_loss: float = 0.0,
-                    leaf_rms: bool = True):
-  """(state, batch) -> (state, metrics); state = {step, params, opt_state}."""
-  grad_fn = jax.value_and_grad(
-      lambda p, b: loss_fn(built, p, forward_mults, b, z_loss), has_aux=True)
+def make_train_step(built, tx, z_loss: float = 0.0, leaf_rms: bool = True):
+  """(state, consts, batch) -> (state, metrics); state = {step, params, opt_state}.
 
-  def step(state, batch_BxT1):
-    (loss, ce), grads = grad_fn(state["params"], batch_BxT1)
+  ``consts`` (``Built.consts()``) holds the forward multipliers and model knobs.
+  """
+  grad_fn = jax.value_and_grad(
+      lambda p, c, b: loss_fn(built, p, c, b, z_loss), has_aux=True)
+
+  def step(state, consts, batch_BxT1):
+    (loss, ce), grads = grad_fn(state["params"], consts, batch_BxT1)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, "ce": ce, "grad_norm": _global_norm(grads)}
@@ -93,9 +95,9 @@ def make_train_step(built, tx, forward_mults, z_loss: float = 0.0,
   return step
 
 
-def make_eval_step(built, forward_mults):
-  def step(params, batch_BxT1):
-    return loss_fn(built, params, forward_mults, batch_BxT1)[1]
+def make_eval_step(built):
+  def step(params, consts, batch_BxT1):
+    return loss_fn(built, params, consts, batch_BxT1)[1]
   return step
 
 
@@ -203,7 +205,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
                "versions": versions()}, f, indent=1)
 
   trees = built.leaf_trees()
-  fwd = trees["forward_mult"]
+  consts = built.consts()
   tx = optim.build(cfg.optimizer, trees, steps)
   mngr = checkpoint_manager(workdir)
   abstract = jax.eval_shape(lambda: init_state(built, tx, cfg.seed))
@@ -214,13 +216,13 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   log = _Log(os.path.join(workdir, "metrics.jsonl"), start, _start_wandb(cfg, workdir))
 
   train_step = jax.jit(
-      make_train_step(built, tx, fwd, cfg.model.get("z_loss", 0.0),
+      make_train_step(built, tx, cfg.model.get("z_loss", 0.0),
                       cfg.train.log_leaf_rms), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(built, fwd))
+  eval_step = jax.jit(make_eval_step(built))
   sched = optim.schedule(cfg.optimizer, steps)
 
   def evaluate(params):
-    losses = [eval_step(params, dataset.batch(cfg.data.seed, i, B, T, "val"))
+    losses = [eval_step(params, consts, dataset.batch(cfg.data.seed, i, B, T, "val"))
               for i in range(cfg.train.eval_batches)]
     return float(np.mean(jax.device_get(losses)))
 
@@ -255,7 +257,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
 
   for step in range(start, steps):
     batch = dataset.batch(cfg.data.seed, step, B, T)
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, consts, batch)
     if pending is not None:
       flush(pending)
     pending = (step + 1, metrics)
@@ -267,6 +269,10 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
       pending = None
       if diverged_step is None:
         log.write({"step": done, "eval_loss": evaluate(state["params"])})
+        if progress:
+          from tqdm.auto import tqdm
+          tqdm.write(f"step {done}: train loss {np.mean(recent):.4f}, "
+                     f"eval loss {log.rows[-1]['eval_loss']:.4f}")
     if done % cfg.train.checkpoint_every == 0 or done == steps:
       import orbax.checkpoint as ocp
       if pending is not None:   # a checkpoint implies its log rows are written

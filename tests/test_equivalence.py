@@ -15,12 +15,12 @@ def run_steps(cfg, n):
   trees = built.leaf_trees()
   tx = optim.build(cfg.optimizer, trees, cfg.train.steps)
   state = train_lib.init_state(built, tx, cfg.seed)
-  step = jax.jit(train_lib.make_train_step(built, tx, trees["forward_mult"]))
+  step = jax.jit(train_lib.make_train_step(built, tx))
   ds = data_lib.get_dataset(cfg.data)
   history = [jax.device_get(state["params"])]
   losses, update_rms = [], []
   for t in range(n):
-    state, m = step(state, ds.batch(cfg.data.seed, t, cfg.train.batch_size, cfg.data.seq_len))
+    state, m = step(state, built.consts(), ds.batch(cfg.data.seed, t, cfg.train.batch_size, cfg.data.seq_len))
     history.append(jax.device_get(state["params"]))
     losses.append(np.asarray(m["loss"]))
     update_rms.append(jax.device_get(m["rms"]["updates"]))

@@ -33,17 +33,6 @@ def _train_cmd(workdir):
           os.path.join(ROOT, "configs/transformer.py"), "--workdir", str(workdir)] + _flags(RESUME)
 
 
-def _cfg():
-  cfg = tiny_config()
-  for k, v in RESUME.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return cfg
-
-
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_params(tmp_path):
   env = {**os.environ, "HPTRANSFER_JAX_CACHE": str(tmp_path / "cache")}
@@ -72,7 +61,7 @@ def test_kill_and_resume_gives_the_uninterrupted_params(tmp_path):
   assert steps_saved and steps_saved[-1] < RESUME["train.steps"]
   subprocess.run(_train_cmd(killed), check=True, cwd=ROOT, env=env, capture_output=True)
 
-  cfg = _cfg()
+  cfg = tiny_config(**RESUME)
   a = train_lib.load_checkpoint(cfg, str(full))
   b = train_lib.load_checkpoint(cfg, str(killed))
   assert int(a["step"]) == int(b["step"]) == RESUME["train.steps"]
@@ -150,3 +139,27 @@ def test_divergence_is_recorded(tmp_path):
                        "train.steps": 20})
   s = train_lib.train(cfg, str(tmp_path), progress=False)
   assert s["diverged"] and 1 <= s["diverged_step"] < 20
+
+
+def test_model_options_train_in_bfloat16():
+  """qk-norm, z-loss, LayerNorm with biases, bf16 compute: finite and close to fp32."""
+  from hptransfer import data as data_lib
+  from hptransfer import optim
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = tiny_config(**{"model.qk_norm": True, "model.z_loss": 1e-2,
+                         "model.norm": "layernorm", "model.use_bias": True,
+                         "model.compute_dtype": dtype})
+    built = build_lib.build(cfg)
+    trees = built.leaf_trees()
+    tx = optim.build(cfg.optimizer, trees, 10)
+    state = train_lib.init_state(built, tx, 0)
+    step = jax.jit(train_lib.make_train_step(built, tx, 1e-2))
+    ds = data_lib.get_dataset(cfg.data)
+    for t in range(5):
+      state, m = step(state, built.consts(), ds.batch(0, t, 4, 16))
+    out[dtype] = (float(m["loss"]), float(m["ce"]))
+    assert state["params"]["readout"]["kernel"].dtype == np.float32
+  loss, ce = out["float32"]
+  assert loss > ce + 1e-3  # the z-loss term is there
+  assert abs(out["bfloat16"][1] - ce) < 0.05
