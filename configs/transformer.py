@@ -68,6 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.log_every = 50              # metrics rows in metrics.jsonl
   c.train.log_leaf_rms = True         # per-leaf rms of params, grads, updates
+  c.train.divergence_mult = 3.0       # sweeps: loss above this x its first loss
+                                      #   (or non-finite) freezes the trial
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "stdlib"              # stdlib | tokens | synthetic

@@ -20,11 +20,14 @@ class Built:
   attn_scale: float
   branch_mult: float
 
-  def init(self, rng):
-    """Parameters as stored (before forward multipliers)."""
+  def init_fn(self):
+    """(rng, init_std tree) -> params as stored (before forward multipliers)."""
     tokens = models.dummy_tokens(self.cfg)
     model_init = lambda r: self.model.init(r, tokens)["params"]
-    return jax.jit(lambda r: P.init_params(model_init, r, self.table))(rng)
+    return lambda rng, init_std: P.init_params(model_init, rng, init_std)
+
+  def init(self, rng):
+    return jax.jit(self.init_fn())(rng, self.leaf_trees()["init_std"])
 
   def abstract_params(self):
     tokens = models.dummy_tokens(self.cfg)

@@ -41,13 +41,13 @@ def config_flag(default: str = "configs/transformer.py"):
 
 
 @contextlib.contextmanager
-def user_errors():
+def user_errors(extra: tuple = ()):
   """Bad input (config, data, parameterization) -> one line on stderr, exit 2."""
   from hptransfer.configlib import ConfigError
   from hptransfer.data import DataError
   from hptransfer.parameterization import ParameterizationError
   try:
     yield
-  except (ConfigError, DataError, ParameterizationError) as e:
+  except (ConfigError, DataError, ParameterizationError) + tuple(extra) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -349,22 +349,22 @@ def leaf_trees(params_like, table: Mapping[str, Leaf]) -> dict[str, Any]:
           for f in ("init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")}
 
 
-def init_params(model_init: Callable, rng, table: Mapping[str, Leaf]):
+def init_params(model_init: Callable, rng, init_std):
   """Model init (for constant leaves) with every matrix redrawn at its std.
 
-  Each matrix gets its own key, folded from the leaf's path, so the draw does
-  not depend on which other leaves exist or on the parameterization: SP and
-  muP at base shape produce identical bits.
+  ``init_std`` is a params-shaped tree of scalars (``leaf_trees()["init_std"]``;
+  arrays, so a sweep can vmap over it).  Each matrix gets its own key, folded
+  from the leaf's path, so the draw depends neither on which other leaves exist
+  nor on the parameterization: SP and muP at base shape produce identical bits.
   """
   params = model_init(rng)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  stds = treedef.flatten_up_to(init_std)
   out = []
-  for p, x in leaves:
-    path = path_str(p)
-    leaf = table[path]
+  for (p, x), std in zip(leaves, stds):
     if x.ndim >= 2:
-      key = jax.random.fold_in(rng, _path_hash(path))
-      x = (jax.random.normal(key, x.shape, jnp.float32) * leaf.init_std).astype(x.dtype)
+      key = jax.random.fold_in(rng, _path_hash(path_str(p)))
+      x = (jax.random.normal(key, x.shape, jnp.float32) * std).astype(x.dtype)
     out.append(x)
   return jax.tree_util.tree_unflatten(treedef, out)
 
