@@ -30,7 +30,7 @@ Scale-out: ``--worker_index/--num_workers`` split the groups deterministically
 between independent processes sharing the work directory (a SLURM array, or
 several machines on a shared filesystem).  Within a process the trials of a
 group are spread over the local devices along a ``trials`` mesh axis (a group
-of one trial spreads its batch instead).  For one model across hosts call
+smaller than the device count splits its batch instead).  For one model across hosts call
 ``jax.distributed.initialize()`` before anything else (``--multihost``); each
 host then feeds its share of the batch — see docs/sweeps.md.
 """
@@ -303,18 +303,30 @@ def _init_group(builts, txs, trials):
           "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}
 
 
-def _shardings(K: int):
-  """(trial-axis sharding, replicated) over the local devices, or None."""
+def _shardings(K: int, batch_size: int):
+  """(stacked-state sharding, batch sharding) over the local devices.
+
+  K a multiple of the device count: trials are split along a ``trials`` mesh
+  axis.  Otherwise, when the batch divides, every device holds all trials and a
+  slice of the batch (data parallel; the gradient all-reduce is inserted by
+  jit).  One device, or neither divides: (None, None).
+  """
   devs = jax.local_devices()
-  if len(devs) < 2 or K % len(devs):
-    return None
+  if len(devs) < 2:
+    return None, None
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
-  mesh = Mesh(np.array(devs), ("trials",))
-  return NamedSharding(mesh, PartitionSpec("trials")), NamedSharding(mesh, PartitionSpec())
+  if K % len(devs) == 0:
+    mesh = Mesh(np.array(devs), ("trials",))
+    return NamedSharding(mesh, PartitionSpec("trials")), None
+  if batch_size % len(devs) == 0:
+    mesh = Mesh(np.array(devs), ("batch",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+  return None, None
 
 
 def _pad(trials: list[Trial]) -> list[Trial]:
-  """Pad to a multiple of the local device count with copies (dropped later)."""
+  """Pad to a multiple of the local device count with copies (dropped later);
+  a group smaller than the device count is left alone (it splits its batch)."""
   n = len(jax.local_devices())
   extra = (-len(trials)) % n if len(trials) >= n else 0
   return trials + [trials[-1]] * extra
@@ -349,17 +361,21 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     start = mngr.latest_step()
   else:
     state = _init_group(builts, txs, trials)
-  shard = _shardings(K)
-  if shard is not None:
-    state = jax.device_put(state, shard[0])
-    consts = jax.device_put(consts, shard[0])
+  state_sharding, batch_sharding = _shardings(K, B)
+  if state_sharding is not None:
+    state = jax.device_put(state, state_sharding)
+    consts = jax.device_put(consts, state_sharding)
+
+  def batch_at(step, split="train"):
+    batch = dataset.batch(cfg.data.seed, step, B, T, split)
+    return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
 
   vstep = jax.jit(jax.vmap(_guarded_step(b0, txs[0], cfg), in_axes=(0, 0, None)),
                   donate_argnums=0)
   veval = jax.jit(jax.vmap(train_lib.make_eval_step(b0), in_axes=(0, 0, None)))
 
   def evaluate():
-    losses = [veval(state["params"], consts, dataset.batch(cfg.data.seed, i, B, T, "val"))
+    losses = [veval(state["params"], consts, batch_at(i, "val"))
               for i in range(cfg.train.eval_batches)]
     return np.mean(np.stack(jax.device_get(losses)), axis=0)
 
@@ -369,7 +385,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     bar = tqdm(total=steps, initial=start, desc=f"group {group.id[:8]} K={K}",
                leave=False, dynamic_ncols=True, disable=None)
   for step in range(start, steps):
-    state, loss = vstep(state, consts, dataset.batch(cfg.data.seed, step, B, T))
+    state, loss = vstep(state, consts, batch_at(step))
     done = step + 1
     if done % cfg.train.log_every == 0 or done == steps:
       curves["train"].append([done, np.asarray(jax.device_get(loss)).tolist()])
@@ -419,6 +435,9 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
         "steps": trained, "tokens": trained * B * T,
         "num_params": builts[k].num_params(), "flops": fpt * trained * B * T,
         "wall_s": wall, "device": versions["device"], "versions": versions,
+        "devices": len(jax.local_devices()),
+        "sharding": "trials" if state_sharding is not None and batch_sharding is None
+        else "batch" if batch_sharding is not None else "none",
         "data_sha256": dataset.sha256,
     })
     results_lib.write_curve(workdir, trial.id, {"train": train_curve, "eval": eval_curve,

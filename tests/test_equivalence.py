@@ -32,7 +32,9 @@ def run_steps(cfg, n):
 def test_at_base_shape_mup_equals_sp_bitwise(model, opt):
   lr = 0.05 if opt == "sgd" else 0.01
   runs = {}
-  for param in ("sp", "mup", "ntk", "mf"):
+  # (NTK and MF equal SP at base shape too: their describe tables are identical,
+  # see test_parameterization.)
+  for param in ("sp", "mup"):
     cfg = tiny_config(model, **{"parameterization.name": param, "optimizer.name": opt,
                                 "optimizer.lr": lr, "optimizer.weight_decay": 0.1,
                                 "model.width": 32})
@@ -43,7 +45,7 @@ def test_at_base_shape_mup_equals_sp_bitwise(model, opt):
                                  sp_params[0], sp_params[-1])
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-4
   assert sp_losses[0] != sp_losses[-1]
-  for param in ("mup", "ntk", "mf"):
+  for param in ("mup",):
     params, losses, updates = runs[param]
     np.testing.assert_array_equal(np.array(losses), np.array(sp_losses), err_msg=param)
     for a, b in zip(params, sp_params):

@@ -127,9 +127,9 @@ def get_sweep():
 '''
 
 
-def _sweep_cmd(sweep_file, workdir, *extra):
+def _sweep_cmd(sweep_file, workdir, *extra, group=4):
   return [sys.executable, "-m", "hptransfer.sweep", "--config", str(sweep_file),
-          "--workdir", str(workdir), "--max_group_size", "4", *extra]
+          "--workdir", str(workdir), "--max_group_size", str(group), *extra]
 
 
 def _write_sweep(tmp_path, steps):
@@ -199,14 +199,20 @@ def test_trials_spread_over_four_devices(tmp_path):
   probe = subprocess.run([sys.executable, "-c", "import jax; print(len(jax.local_devices()))"],
                          env=env, capture_output=True, text=True)
   assert probe.stdout.strip() == "4"
-  four = tmp_path / "four"
-  subprocess.run(_sweep_cmd(sweep_file, four), check=True, cwd=ROOT, env=env,
-                 capture_output=True)
-  one = tmp_path / "one"
-  subprocess.run(_sweep_cmd(sweep_file, one), check=True, cwd=ROOT,
-                 env={**env, "XLA_FLAGS": ""}, capture_output=True)
-  a, b = _comparable(results_lib.read_rows(str(four))), _comparable(results_lib.read_rows(str(one)))
-  assert a.keys() == b.keys() and len(a) == 8
-  for tid in a:
-    np.testing.assert_allclose(np.array(a[tid][:3], float), np.array(b[tid][:3], float),
-                               rtol=1e-5)
+  runs = {}
+  for name, group, xla in (("trials", 4, env["XLA_FLAGS"]), ("batch", 2, env["XLA_FLAGS"]),
+                           ("one", 4, "")):
+    subprocess.run(_sweep_cmd(sweep_file, tmp_path / name, group=group), check=True,
+                   cwd=ROOT, env={**env, "XLA_FLAGS": xla}, capture_output=True)
+    rows = results_lib.read_rows(str(tmp_path / name))
+    assert {r["sharding"] for r in rows} == {"none" if name == "one" else name}
+    assert {r["devices"] for r in rows} == {1 if name == "one" else 4}
+    runs[name] = _comparable(rows)
+  # 4 trials a group over 4 devices split the trials; 2 trials a group split
+  # the batch (data parallel).  Both give the one-device numbers.
+  for name in ("trials", "batch"):
+    a, b = runs[name], runs["one"]
+    assert a.keys() == b.keys() and len(a) == 8
+    for tid in a:
+      np.testing.assert_allclose(np.array(a[tid][:3], float), np.array(b[tid][:3], float),
+                                 rtol=2e-5, err_msg=name)
