@@ -1,0 +1,416 @@
+"""Fit hyperparameter transfer rules to a results table and report them.
+
+    python -m analysis.fit --results runs/width --scale model.width \
+        --hp optimizer.lr --metric final_eval_loss \
+        [--group parameterization.name] [--target model.width=8192] \
+        [--estimator quadratic] [--seed_col seed] --out runs/width/analysis
+
+``--results`` is a sweep work directory (its ``results.jsonl``), or a JSON-lines,
+CSV or parquet file.  Column names are arguments, never assumptions; a
+``diverged`` column is used when present (``--diverged_col``), and a missing
+or non-finite metric counts as diverged.
+
+Writes to ``--out``: ``optima.csv`` (scale, group, estimator, optimum, CI, edge
+flag), ``rules.json`` (per group: coefficient, exponents with CIs, drift slope,
+prediction at the target with its CI, leave-largest-out validation),
+``recommended.yaml``, ``report.md`` and the figures ``loss_vs_hp.png`` (loss
+against log2 hp per scale, one panel per group, optimum and near-optimal band
+marked: Tensor Programs V Fig. 1 layout) and ``optimum_vs_scale.png`` (optimum
+against scale on log-log axes with the fit, its CI band and the extrapolation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from analysis import optimum as opt_lib
+from analysis.optimum import AnalysisError, Curve
+from analysis.rules import fit_rule
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+
+def read_results(path: str) -> pd.DataFrame:
+  if os.path.isdir(path):
+    from hptransfer import results as results_lib
+    df = results_lib.load(path)
+    if df.empty:
+      raise AnalysisError(f"{path} holds no results.jsonl rows; run the sweep first")
+    return df
+  if not os.path.exists(path):
+    raise AnalysisError(f"--results {path}: no such file or directory")
+  if path.endswith((".jsonl", ".json")):
+    return pd.read_json(path, lines=path.endswith(".jsonl"))
+  if path.endswith(".csv"):
+    return pd.read_csv(path)
+  if path.endswith((".parquet", ".pq")):
+    return pd.read_parquet(path)
+  raise AnalysisError(f"--results {path}: expected a sweep directory or a .jsonl, .csv "
+                      "or .parquet file")
+
+
+def _require(df: pd.DataFrame, cols: list[str], flag_of: dict[str, str]) -> None:
+  missing = [c for c in cols if c not in df.columns]
+  if missing:
+    c = missing[0]
+    raise AnalysisError(
+        f"column {c!r} (given by {flag_of.get(c, 'an argument')}) is not in the results; "
+        f"columns are: {', '.join(map(str, df.columns))}")
+
+
+def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
+                 seed_col=None):
+  """{(group, scale tuple): Curve}; censored (diverged / non-finite) = +inf."""
+  flag_of = {hp: "--hp", metric: "--metric", **{s: "--scale" for s in scales}}
+  cols = list(scales) + [hp, metric] + ([group] if group else [])
+  if group:
+    flag_of[group] = "--group"
+  _require(df, cols, flag_of)
+  df = df.copy()
+  loss = pd.to_numeric(df[metric], errors="coerce").astype(float)
+  censored = ~np.isfinite(loss)
+  if diverged_col and diverged_col in df.columns:
+    censored |= df[diverged_col].fillna(False).astype(bool)
+  df["_loss"] = np.where(censored, np.inf, loss)
+  hpv = pd.to_numeric(df[hp], errors="coerce")
+  if (hpv <= 0).any() or hpv.isna().any():
+    raise AnalysisError(f"--hp {hp}: values must be positive numbers (fits are in log2)")
+  df["_x"] = np.log2(hpv)
+  curves = {}
+  keys = ([group] if group else []) + list(scales)
+  for key, sub in df.groupby(keys, sort=True):
+    key = key if isinstance(key, tuple) else (key,)
+    g = key[0] if group else ""
+    sc = tuple(float(v) for v in (key[1:] if group else key))
+    xs = np.sort(sub["_x"].unique())
+    losses = [sub.loc[sub["_x"] == x, "_loss"].to_numpy() for x in xs]
+    curves[(g, sc)] = Curve(x=xs, losses=losses)
+  return curves
+
+
+# ----------------------------------------------------------------------------
+# Analysis.
+
+
+def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
+                 n_boot=500, level=0.95, band_tol=0.0025, warn=print):
+  """One row per (group, scale, estimator), and the primary's bootstrap draws."""
+  rows, boots = [], {}
+  a = (1 - level) / 2
+  for (g, sc), curve in curves.items():
+    name = ", ".join(f"{v:g}" for v in sc) + (f" ({g})" if g else "")
+    if not np.isfinite(curve.mean).any():
+      warn(f"warning: every run at scale {name} diverged; it is left out. "
+           "Lower the learning-rate grid there.")
+      for est in estimators:
+        rows.append({"group": g, "scale": sc, "estimator": est, "optimum": np.nan,
+                     "ci_low": np.nan, "ci_high": np.nan, "edge": False,
+                     "all_diverged": True})
+      continue
+    edge = opt_lib.is_edge(curve)
+    if edge:
+      side = "low" if np.argmin(np.where(np.isfinite(curve.mean), curve.mean, np.inf)) == 0 else "high"
+      warn(f"warning: the optimum at scale {name} is on the {side} edge of the grid "
+           f"(2^{curve.x[0]:g} .. 2^{curve.x[-1]:g}); it is left out of the fits. "
+           f"Extend the grid on the {side} side at that scale.")
+    for est in estimators:
+      kw = {"tol": band_tol} if est == "band" else {}
+      o = opt_lib.estimate(curve.x, curve.mean, est, **kw)
+      b = opt_lib.bootstrap(curve, est, n_boot=n_boot, **kw)
+      lo, hi = np.nanquantile(b, [a, 1 - a])
+      rows.append({"group": g, "scale": sc, "estimator": est, "optimum": 2.0 ** o,
+                   "ci_low": 2.0 ** lo, "ci_high": 2.0 ** hi, "edge": edge,
+                   "all_diverged": False, "log2_optimum": o,
+                   "n_seeds": curve.n_seeds})
+      if est == primary:
+        boots[(g, sc)] = b
+  return pd.DataFrame(rows), boots
+
+
+def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic",
+            diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
+            estimators=opt_lib.ESTIMATORS):
+  curves = build_curves(df, scales, hp, metric, group, diverged_col)
+  optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
+                               level=level, band_tol=band_tol, warn=warn)
+  groups = sorted({g for g, _ in curves})
+  rules = []
+  for g in groups:
+    prim = optima[(optima.group == g) & (optima.estimator == primary)
+                  & ~optima.edge & ~optima.all_diverged]
+    if len({sc for sc in prim.scale}) < 2:
+      all_scales = sorted({sc for gg, sc in curves if gg == g})
+      raise AnalysisError(
+          f"group {g or '(all)'}: a rule needs optima at two or more scales; usable "
+          f"scales: {[s for s in prim.scale]} of {all_scales}"
+          + (" (the others are on the grid's edge or all diverged)" if len(all_scales) > 1
+             else f". Sweep more than one value of {', '.join(scales)}"))
+    sc_vals = np.array([list(s) for s in prim.scale])
+    boot = np.stack([boots[(g, s)] for s in prim.scale])
+    rule = fit_rule(sc_vals, prim.log2_optimum.to_numpy(), boot, list(scales), level)
+    entry = {"group": g, "hp": hp, "scale": scales[0] if len(scales) == 1 else list(scales),
+             "estimator": primary, "coefficient": rule.coefficient,
+             "coefficient_ci": rule.coefficient_ci,
+             "exponent": rule.exponents[0] if len(scales) == 1 else rule.exponents,
+             "exponent_ci": rule.exponents_ci[0] if len(scales) == 1 else rule.exponents_ci,
+             "n_scales": rule.n_points, "residual_sd_log2": rule.residual_sd}
+    if "model.width" in scales:
+      j = scales.index("model.width")
+      entry["drift_slope"] = rule.exponents[j]
+      entry["drift_slope_ci"] = rule.exponents_ci[j]
+    if targets:
+      pred, ci = rule.predict(targets, level)
+      entry.update({"target": targets, "prediction": pred, "prediction_ci": ci})
+    entry["validation"] = _leave_largest_out(curves, prim, boots, g, scales, primary, level)
+    entry["_rule"] = rule
+    rules.append(entry)
+  return curves, optima, rules
+
+
+def _leave_largest_out(curves, prim, boots, g, scales, primary, level):
+  """Fit without the largest scale, predict it, and price the miss."""
+  order = sorted(prim.scale, key=lambda s: np.prod(s))
+  if len(order) < 3:
+    return {"skipped": "needs three or more scales with an interior optimum"}
+  largest, rest = order[-1], order[:-1]
+  sub = prim[prim.scale.isin(rest)]
+  rule = fit_rule(np.array([list(s) for s in sub.scale]), sub.log2_optimum.to_numpy(),
+                  np.stack([boots[(g, s)] for s in sub.scale]), list(scales), level)
+  target = dict(zip(scales, largest))
+  pred, ci = rule.predict(target, level)
+  measured = float(prim[prim.scale == largest].optimum.iloc[0])
+  curve = curves[(g, largest)]
+  best = float(np.min(curve.mean[np.isfinite(curve.mean)]))
+  at_pred = opt_lib.interpolate_loss(curve, np.log2(pred))
+  return {"held_out": target, "predicted": pred, "predicted_ci": ci, "measured": measured,
+          "ratio": pred / measured, "loss_at_prediction": at_pred,
+          "loss_penalty": at_pred - best if np.isfinite(at_pred) else at_pred}
+
+
+# ----------------------------------------------------------------------------
+# Figures and report.
+
+
+def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  groups = sorted({g for g, _ in curves})
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), sharey=True,
+                           squeeze=False)
+  cmap = plt.get_cmap("viridis")
+  for ax, g in zip(axes[0], groups):
+    keys = sorted([k for k in curves if k[0] == g], key=lambda k: np.prod(k[1]))
+    for i, key in enumerate(keys):
+      c = curves[key]
+      color = cmap(i / max(len(keys) - 1, 1))
+      m = c.mean
+      ok = np.isfinite(m)
+      label = ", ".join(f"{v:g}" for v in key[1])
+      ax.errorbar(c.x[ok], m[ok], yerr=np.where(np.isfinite(c.se[ok]), c.se[ok], 0),
+                  color=color, marker="o", ms=3, lw=1.2, capsize=2, label=label)
+      if (~ok).any():
+        ax.plot(c.x[~ok], np.full((~ok).sum(), np.nan), "x", color=color)
+      row = optima[(optima.group == g) & (optima.scale == key[1])
+                   & (optima.estimator == primary)]
+      if len(row) and np.isfinite(row.optimum.iloc[0]):
+        xo = np.log2(row.optimum.iloc[0])
+        ax.axvline(xo, color=color, lw=0.8, ls="--")
+        if ok.any():
+          best = m[ok].min()
+          band = c.x[ok][m[ok] <= best + band_tol * abs(best)]
+          ax.axvspan(band.min() - 0.05, band.max() + 0.05, color=color, alpha=0.12)
+    finite = np.concatenate([curves[k].mean[np.isfinite(curves[k].mean)] for k in keys] or [[0]])
+    if finite.size:
+      lo = finite.min()
+      ax.set_ylim(lo - 0.05 * abs(lo), min(finite.max(), lo + 1.5) + 0.02)
+    ax.set_title(g or "all")
+    ax.set_xlabel(f"log2 {hp}")
+    ax.legend(fontsize=7, title="scale", title_fontsize=7)
+  axes[0][0].set_ylabel(metric)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.2, 4))
+  colors = plt.get_cmap("tab10")
+  for i, entry in enumerate(rules):
+    g = entry["group"]
+    rule = entry["_rule"]
+    prim = optima[(optima.group == g) & (optima.estimator == primary) & ~optima.all_diverged]
+    s = np.array([sc[0] for sc in prim.scale])
+    y = prim.optimum.to_numpy()
+    err = np.vstack([y - prim.ci_low.to_numpy(), prim.ci_high.to_numpy() - y])
+    ax.errorbar(s, y, yerr=np.abs(err), fmt="o", color=colors(i), capsize=3,
+                mfc="none" if prim.edge.any() else None,
+                label=f"{g or 'all'}: k={rule.exponents[0]:.2f} "
+                      f"[{rule.exponents_ci[0][0]:.2f}, {rule.exponents_ci[0][1]:.2f}]")
+    for _, r in prim[prim.edge].iterrows():
+      ax.plot([r.scale[0]], [r.optimum], "x", color="red", ms=8)
+    hi = max(s.max(), (targets or {}).get(scale, s.max()))
+    grid = np.geomspace(s.min(), hi, 64)
+    pts = [rule.predict({scale: v}) for v in grid]
+    ax.plot(grid, [p[0] for p in pts], color=colors(i), lw=1)
+    ax.fill_between(grid, [p[1][0] for p in pts], [p[1][1] for p in pts],
+                    color=colors(i), alpha=0.15)
+    if targets and "prediction" in entry:
+      ax.errorbar([targets[scale]], [entry["prediction"]],
+                  yerr=[[entry["prediction"] - entry["prediction_ci"][0]],
+                        [entry["prediction_ci"][1] - entry["prediction"]]],
+                  fmt="*", ms=10, color=colors(i), capsize=3)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log", base=2)
+  ax.set_xlabel(scale)
+  ax.set_ylabel(f"optimal {hp}")
+  ax.legend(fontsize=7)
+  ax.set_title("optimum (95% CI), fit and extrapolation", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _jsonable(rules):
+  out = []
+  for e in rules:
+    e = {k: v for k, v in e.items() if not k.startswith("_")}
+    out.append(json.loads(json.dumps(e, default=lambda o: o.tolist()
+                                     if hasattr(o, "tolist") else str(o))))
+  return out
+
+
+def write_outputs(out, curves, optima, rules, args_dict, targets):
+  import yaml
+  os.makedirs(out, exist_ok=True)
+  o = optima.copy()
+  o["scale"] = [", ".join(f"{v:g}" for v in s) for s in o.scale]
+  o.drop(columns=["all_diverged"]).to_csv(os.path.join(out, "optima.csv"), index=False)
+  rj = _jsonable(rules)
+  with open(os.path.join(out, "rules.json"), "w") as f:
+    json.dump(rj, f, indent=1)
+  if targets:
+    rec = {e["group"] or "all": {args_dict["hp"]: {
+        "value": e["prediction"], "ci95": e["prediction_ci"], "at": targets,
+        "rule": f"{e['coefficient']:.4g} * {args_dict['scale'][0]}^{rj[i]['exponent'] if not isinstance(rj[i]['exponent'], list) else rj[i]['exponent']}"}}
+        for i, e in enumerate(rules)}
+    with open(os.path.join(out, "recommended.yaml"), "w") as f:
+      yaml.safe_dump(rec, f, sort_keys=False)
+  primary = args_dict["estimator"]
+  plot_loss_vs_hp(curves, optima, os.path.join(out, "loss_vs_hp.png"), args_dict["hp"],
+                  args_dict["metric"], primary, args_dict["band_tol"])
+  plot_optimum_vs_scale(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
+                        args_dict["hp"], args_dict["scale"][0], primary, targets)
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report(optima, rj, args_dict, targets))
+
+
+def report(optima, rules, a, targets) -> str:
+  hp, scale = a["hp"], ", ".join(a["scale"])
+  lines = [f"# Transfer of `{hp}` across `{scale}`", "",
+           f"Results: `{a['results']}`; metric `{a['metric']}`; optimum estimator "
+           f"`{a['estimator']}` with {a['n_boot']} bootstrap replicates; intervals are 95%.",
+           "", "![loss against hp](loss_vs_hp.png)", "",
+           "![optimum against scale](optimum_vs_scale.png)", "", "## Rules", "",
+           "| group | hp* = c · scale^k | k (95% CI) | scales used |"
+           + (" prediction at target (95% CI) |" if targets else ""),
+           "| --- | --- | --- | --- |" + (" --- |" if targets else "")]
+  for e in rules:
+    k = e["exponent"] if not isinstance(e["exponent"], list) else e["exponent"][0]
+    ci = e["exponent_ci"] if not isinstance(e["exponent_ci"][0], list) else e["exponent_ci"][0]
+    row = (f"| {e['group'] or 'all'} | {e['coefficient']:.4g} · x^{k:.3f} | {k:.3f} "
+           f"[{ci[0]:.3f}, {ci[1]:.3f}] | {e['n_scales']} |")
+    if targets:
+      row += (f" {e['prediction']:.4g} [{e['prediction_ci'][0]:.4g}, "
+              f"{e['prediction_ci'][1]:.4g}] |")
+    lines.append(row)
+  lines += ["", "## Leave the largest scale out", "",
+            "| group | held out | predicted | measured | predicted/measured | loss penalty |",
+            "| --- | --- | --- | --- | --- | --- |"]
+  for e in rules:
+    v = e["validation"]
+    if "skipped" in v:
+      lines.append(f"| {e['group'] or 'all'} | {v['skipped']} | | | | |")
+      continue
+    lines.append(f"| {e['group'] or 'all'} | {v['held_out']} | {v['predicted']:.4g} | "
+                 f"{v['measured']:.4g} | {v['ratio']:.3g} | {v['loss_penalty']:.4g} |")
+  lines += ["", "## Optima per scale", "",
+            "| group | scale | estimator | optimum | 95% CI | edge |",
+            "| --- | --- | --- | --- | --- | --- |"]
+  for _, r in optima.iterrows():
+    s = ", ".join(f"{v:g}" for v in r.scale)
+    lines.append(f"| {r.group or 'all'} | {s} | {r.estimator} | {r.optimum:.4g} | "
+                 f"[{r.ci_low:.4g}, {r.ci_high:.4g}] | {'yes' if r.edge else ''} |")
+  lines += ["", "Edge optima (the best grid point is the first or last) and scales where "
+            "every run diverged are left out of the fits.", ""]
+  return "\n".join(lines)
+
+
+def parse_targets(items, scales):
+  targets = {}
+  for item in items or []:
+    if "=" not in item:
+      raise AnalysisError(f"--target {item!r}: write it as key=value, e.g. model.width=8192")
+    k, v = item.split("=", 1)
+    if k not in scales:
+      raise AnalysisError(f"--target {k}: not one of the --scale columns {scales}")
+    try:
+      targets[k] = float(v)
+    except ValueError:
+      raise AnalysisError(f"--target {item!r}: {v!r} is not a number") from None
+  if targets and set(targets) != set(scales):
+    raise AnalysisError(f"--target must give every --scale column: {scales}")
+  return targets or None
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--results", required=True)
+  ap.add_argument("--scale", action="append", required=True,
+                  help="scale column (repeat for several variables)")
+  ap.add_argument("--hp", required=True, help="hyperparameter column, e.g. optimizer.lr")
+  ap.add_argument("--metric", default="final_eval_loss")
+  ap.add_argument("--group", default=None, help="column whose values get separate rules")
+  ap.add_argument("--target", action="append", help="scale=value to predict at")
+  ap.add_argument("--estimator", default="quadratic", choices=opt_lib.ESTIMATORS)
+  ap.add_argument("--diverged_col", default="diverged")
+  ap.add_argument("--band_tol", type=float, default=0.0025)
+  ap.add_argument("--n_boot", type=int, default=500)
+  ap.add_argument("--out", required=True)
+  a = ap.parse_args(argv)
+  try:
+    df = read_results(a.results)
+    targets = parse_targets(a.target, a.scale)
+    warn = lambda m: print(m, file=sys.stderr)
+    curves, optima, rules = analyze(df, a.scale, a.hp, a.metric, a.group, targets,
+                                    a.estimator, a.diverged_col, a.n_boot,
+                                    band_tol=a.band_tol, warn=warn)
+    write_outputs(a.out, curves, optima, rules, vars(a), targets)
+  except AnalysisError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for e in _jsonable(rules):
+    msg = (f"{e['group'] or 'all'}: {a.hp}* = {e['coefficient']:.4g} * {a.scale[0]}^"
+           f"{e['exponent']:.3f}  (95% CI of the exponent {e['exponent_ci']})")
+    if targets:
+      msg += f"; at {targets}: {e['prediction']:.4g} {e['prediction_ci']}"
+    print(msg)
+  print(f"wrote {a.out}/: optima.csv rules.json report.md loss_vs_hp.png optimum_vs_scale.png"
+        + (" recommended.yaml" if targets else ""))
+  return 0
+
+
+if __name__ == "__main__":
+  warnings.filterwarnings("ignore", category=RuntimeWarning)
+  sys.exit(main())

@@ -1,0 +1,167 @@
+"""Where the best hyperparameter lies at one scale, and how sure we are.
+
+A *curve* is the loss against log2(hp) at one scale (one group), built from any
+results table: several seeds per grid point become a mean and a standard error.
+Diverged or non-finite runs are censored: they count as worse than any finite
+loss (``+inf``), never dropped, so a grid point where half the seeds diverged
+is worse than one where none did.
+
+Estimators of the optimum (all in log2 units of the hyperparameter):
+
+``argmin``     the grid point with the lowest mean loss;
+``quadratic``  the vertex of a parabola in log2(hp) through the best ``k`` points
+               (falls back to ``argmin`` when the fit is not convex);
+``spline``     the minimum of an Akima spline through the finite points;
+``band``       the centre of the near-optimal band: grid points whose loss is
+               within ``tol`` (relative, default 0.25%) of the best.
+
+Uncertainty: a bootstrap over seeds (each grid point's seeds resampled, the
+mean's spread corrected by sqrt(n/(n-1)) so that few seeds do not shrink it),
+or, with one seed per point, over runs (grid points resampled).  An optimum on
+the edge of the grid is flagged: the true optimum may lie beyond it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy.interpolate import Akima1DInterpolator
+
+ESTIMATORS = ("argmin", "quadratic", "spline", "band")
+
+
+class AnalysisError(ValueError):
+  """Input the analysis cannot use; the message says what and how to fix it."""
+
+
+@dataclasses.dataclass
+class Curve:
+  x: np.ndarray              # log2(hp) grid, sorted
+  losses: list[np.ndarray]   # per grid point: one loss per seed (inf = censored)
+
+  @property
+  def mean(self) -> np.ndarray:
+    return np.array([np.mean(l) for l in self.losses])
+
+  @property
+  def se(self) -> np.ndarray:
+    return np.array([np.std(l, ddof=1) / np.sqrt(len(l)) if len(l) > 1 and np.all(np.isfinite(l))
+                     else (0.0 if np.all(np.isfinite(l)) else np.inf) for l in self.losses])
+
+  @property
+  def n_seeds(self) -> int:
+    return min(len(l) for l in self.losses)
+
+
+def estimate(x: np.ndarray, y: np.ndarray, method: str = "quadratic", *, k: int = 5,
+             tol: float = 0.0025) -> float:
+  """log2 optimum from one (x, mean loss) curve; inf in y means censored."""
+  finite = np.isfinite(y)
+  if not finite.any():
+    raise AnalysisError("every run at this scale diverged")
+  i = int(np.argmin(np.where(finite, y, np.inf)))
+  if method == "argmin":
+    return float(x[i])
+  xf, yf = x[finite], y[finite]
+  if method == "quadratic":
+    if len(xf) < 3:
+      return float(x[i])
+    best = np.argsort(yf)[: max(3, min(k, len(xf)))]
+    a, b, _ = np.polyfit(xf[best], yf[best], 2)
+    if a <= 0:
+      return float(x[i])
+    return float(np.clip(-b / (2 * a), xf[best].min(), xf[best].max()))
+  if method == "spline":
+    if len(xf) < 3:
+      return float(x[i])
+    fine = np.linspace(xf.min(), xf.max(), 512)
+    ys = Akima1DInterpolator(xf, yf)(fine)
+    return float(fine[int(np.nanargmin(ys))])
+  if method == "band":
+    ybest = yf.min()
+    sel = xf[yf <= ybest + tol * abs(ybest)]
+    return float((sel.min() + sel.max()) / 2)
+  raise AnalysisError(f"unknown estimator {method!r}; use one of {', '.join(ESTIMATORS)}")
+
+
+def is_edge(curve: Curve) -> bool:
+  """The grid's best point is its first or last: widen the grid there."""
+  m = curve.mean
+  if not np.isfinite(m).any():
+    return False
+  i = int(np.argmin(np.where(np.isfinite(m), m, np.inf)))
+  return i == 0 or i == len(m) - 1
+
+
+def bootstrap(curve: Curve, method: str, n_boot: int = 500, seed: int = 0, **kw) -> np.ndarray:
+  """Bootstrap replicates of the log2 optimum."""
+  rng = np.random.default_rng(seed)
+  n = len(curve.x)
+  if curve.n_seeds > 1:
+    Y = np.empty((n_boot, n))
+    for j, l in enumerate(curve.losses):
+      draws = rng.choice(l, size=(n_boot, len(l)))
+      if np.all(np.isfinite(l)):
+        m = l.mean()
+        Y[:, j] = m + (draws.mean(1) - m) * np.sqrt(len(l) / (len(l) - 1))
+      else:   # a resample that draws a censored seed is censored
+        ok = np.isfinite(draws).all(1)
+        Y[:, j] = np.where(ok, np.where(np.isfinite(draws), draws, 0).mean(1), np.inf)
+    return estimate_rows(curve.x, Y, method, **kw)
+  out = np.empty(n_boot)
+  y0 = curve.mean
+  for b in range(n_boot):
+    idx = np.unique(rng.integers(0, n, size=n))
+    if len(idx) < 3:
+      idx = np.arange(n)
+    out[b] = _safe_estimate(curve.x[idx], y0[idx], method, **kw)
+  return out
+
+
+def estimate_rows(x: np.ndarray, Y: np.ndarray, method: str, *, k: int = 5, **kw) -> np.ndarray:
+  """``estimate`` for every row of Y; the quadratic one vectorized."""
+  if method != "quadratic":
+    return np.array([_safe_estimate(x, y, method, k=k, **kw) for y in Y])
+  kk = max(3, min(k, len(x)))
+  order = np.argsort(Y, axis=1)[:, :kk]
+  xs = x[order]
+  ys = np.take_along_axis(Y, order, axis=1)
+  usable = np.isfinite(ys).all(1)
+  xc = xs - xs.mean(1, keepdims=True)
+  A = np.stack([xc ** 2, xc, np.ones_like(xc)], axis=-1)
+  ysafe = np.where(usable[:, None], ys, 0.0)
+  AtA = np.einsum("bki,bkj->bij", A, A)
+  Aty = np.einsum("bki,bk->bi", A, ysafe)
+  coef = np.linalg.solve(AtA + 1e-12 * np.eye(3), Aty[..., None])[..., 0]
+  a, b = coef[:, 0], coef[:, 1]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    vertex = np.clip(-b / (2 * a) + xs.mean(1), xs.min(1), xs.max(1))
+  best = xs[:, 0]
+  out = np.where(usable & (a > 0), vertex, best)
+  # Rows with fewer than kk finite points: the scalar path decides.
+  for i in np.where(~usable)[0]:
+    out[i] = _safe_estimate(x, Y[i], method, k=k, **kw)
+  return out
+
+
+def _safe_estimate(x, y, method, **kw):
+  try:
+    return estimate(x, y, method, **kw)
+  except AnalysisError:
+    return np.nan
+
+
+def interpolate_loss(curve: Curve, x_query: float) -> float:
+  """Mean loss read off the measured curve at log2(hp) = x_query (linear in
+  log2 between grid points; inf where a neighbour is censored; nan outside)."""
+  x, m = curve.x, curve.mean
+  if x_query < x[0] or x_query > x[-1]:
+    return float("nan")
+  j = int(np.searchsorted(x, x_query))
+  if j < len(x) and x[j] == x_query:
+    return float(m[j])
+  lo, hi = j - 1, j
+  if not (np.isfinite(m[lo]) and np.isfinite(m[hi])):
+    return float("inf")
+  w = (x_query - x[lo]) / (x[hi] - x[lo])
+  return float((1 - w) * m[lo] + w * m[hi])

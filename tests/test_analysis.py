@@ -1,0 +1,139 @@
+"""Optimum estimators, rule fits and their intervals, on results from a known rule."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import fit
+from analysis import optimum as opt_lib
+from analysis.optimum import AnalysisError
+
+WIDTHS = [64, 128, 256, 512, 1024]
+GRID = np.arange(-16.0, -2.5, 0.5)   # log2 lr
+
+
+def synthetic(k=-0.8, log2_c=-2.0, seeds=4, noise=0.004, curvature=0.03, seed=0,
+              widths=WIDTHS, grid=GRID):
+  """Losses with optimum log2 lr* = log2_c + k log2 width, seeded noise."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for w in widths:
+    x_star = log2_c + k * np.log2(w)
+    for x in grid:
+      for s in range(seeds):
+        loss = 3.0 - 0.1 * np.log2(w) + curvature * (x - x_star) ** 2 + rng.normal(0, noise)
+        rows.append({"model.width": w, "optimizer.lr": 2.0 ** x, "seed": s,
+                     "final_eval_loss": loss, "diverged": False})
+  return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("method", opt_lib.ESTIMATORS)
+def test_estimators_find_a_known_optimum(method):
+  x = GRID
+  y = 1.0 + 0.05 * (x + 7.3) ** 2
+  tol = {"argmin": 0.25, "quadratic": 1e-6, "spline": 0.05, "band": 0.5}[method]
+  assert opt_lib.estimate(x, y, method) == pytest.approx(-7.3, abs=tol)
+
+
+def test_censored_points_count_as_worse_never_dropped():
+  x = np.array([-10.0, -9.0, -8.0, -7.0, -6.0])
+  y = np.array([2.0, 1.5, 1.2, 1.1, np.inf])   # the best finite point is next to a divergence
+  assert opt_lib.estimate(x, y, "argmin") == -7.0
+  curve = opt_lib.Curve(x=x, losses=[np.array([v]) for v in y])
+  assert not opt_lib.is_edge(curve)            # censored edge: the optimum is interior
+
+
+def test_rule_exponent_ci_covers_the_truth():
+  """95% CI of the fitted exponent holds the true k in >= 90 of 100 repetitions."""
+  k_true = -0.8
+  hits, widths = 0, []
+  for rep in range(100):
+    df = synthetic(k=k_true, seed=rep)
+    curves = fit.build_curves(df, ["model.width"], "optimizer.lr", "final_eval_loss")
+    optima, boots = fit.optima_table(curves, ("quadratic",), n_boot=200, warn=lambda m: None)
+    from analysis.rules import fit_rule
+    prim = optima[~optima.edge]
+    rule = fit_rule(np.array([list(s) for s in prim.scale]), prim.log2_optimum.to_numpy(),
+                    np.stack([boots[("", s)] for s in prim.scale]), ["model.width"])
+    lo, hi = rule.exponents_ci[0]
+    hits += lo <= k_true <= hi
+    widths.append(hi - lo)
+  assert hits >= 90, hits
+  assert np.median(widths) < 0.2   # and the intervals are informative
+
+
+def test_drift_slope_and_prediction():
+  df = pd.concat([synthetic(k=-1.0).assign(p="sp"), synthetic(k=0.0, log2_c=-8.0, seed=1).assign(p="mup")])
+  _, optima, rules = fit.analyze(df, ["model.width"], "optimizer.lr", "final_eval_loss",
+                                 group="p", targets={"model.width": 8192}, n_boot=200,
+                                 estimators=("quadratic", "argmin"), warn=lambda m: None)
+  by = {r["group"]: r for r in rules}
+  assert by["sp"]["drift_slope"] == pytest.approx(-1.0, abs=0.05)
+  assert by["mup"]["drift_slope"] == pytest.approx(0.0, abs=0.05)
+  lo, hi = by["sp"]["prediction_ci"]
+  truth = 2.0 ** (-2.0 - 13.0)
+  assert lo < truth < hi and by["sp"]["prediction"] == pytest.approx(truth, rel=0.15)
+  v = by["sp"]["validation"]
+  assert v["held_out"] == {"model.width": 1024.0}
+  assert v["ratio"] == pytest.approx(1.0, abs=0.1) and 0 <= v["loss_penalty"] < 0.005
+
+
+def test_edge_optimum_is_flagged_left_out_and_named():
+  df = synthetic(k=-0.8)
+  df = df[~((df["model.width"] == 1024) & (df["optimizer.lr"] < 2.0 ** -9.5))]
+  msgs = []
+  _, optima, rules = fit.analyze(df, ["model.width"], "optimizer.lr", "final_eval_loss",
+                                 n_boot=100, estimators=("quadratic",), warn=msgs.append)
+  assert any("scale 1024" in m and "low edge" in m and "Extend the grid" in m for m in msgs)
+  assert optima[optima.scale == (1024.0,)].edge.all()
+  assert rules[0]["n_scales"] == 4
+
+
+def test_all_diverged_scale_single_scale_nan_and_missing_column():
+  df = synthetic()
+  df.loc[df["model.width"] == 64, "diverged"] = True
+  msgs = []
+  _, optima, rules = fit.analyze(df, ["model.width"], "optimizer.lr", "final_eval_loss",
+                                 n_boot=50, estimators=("quadratic",), warn=msgs.append)
+  assert any("every run at scale 64 diverged" in m for m in msgs)
+  assert rules[0]["n_scales"] == 4
+  # NaN losses are censored like divergences.
+  df2 = synthetic()
+  df2.loc[df2["model.width"] == 128, "final_eval_loss"] = np.nan
+  msgs = []
+  fit.analyze(df2, ["model.width"], "optimizer.lr", "final_eval_loss", n_boot=50,
+              estimators=("quadratic",), warn=msgs.append)
+  assert any("scale 128 diverged" in m for m in msgs)
+  with pytest.raises(AnalysisError, match="two or more scales.*Sweep more than one value of model.width"):
+    fit.analyze(synthetic(widths=[256]), ["model.width"], "optimizer.lr",
+                "final_eval_loss", n_boot=50, estimators=("quadratic",))
+  with pytest.raises(AnalysisError, match="column 'optimizer.learning_rate' .*--hp.*columns are"):
+    fit.analyze(df, ["model.width"], "optimizer.learning_rate", "final_eval_loss")
+
+
+def test_cli_writes_every_output(tmp_path, capsys):
+  path = tmp_path / "results.csv"
+  pd.concat([synthetic(k=-1.0).assign(p="sp"), synthetic(k=0.0, log2_c=-8.0, seed=2).assign(p="mup")]
+            ).to_csv(path, index=False)
+  out = tmp_path / "out"
+  rc = fit.main(["--results", str(path), "--scale", "model.width", "--hp", "optimizer.lr",
+                 "--metric", "final_eval_loss", "--group", "p", "--target",
+                 "model.width=8192", "--n_boot", "100", "--out", str(out)])
+  assert rc == 0
+  rules = json.load(open(out / "rules.json"))
+  for r in rules:
+    assert {"group", "hp", "scale", "coefficient", "exponent", "exponent_ci",
+            "prediction", "prediction_ci"} <= set(r)
+    assert len(r["exponent_ci"]) == 2
+  optima = pd.read_csv(out / "optima.csv")
+  assert set(optima.estimator) == set(opt_lib.ESTIMATORS)
+  assert {"scale", "group", "estimator", "optimum", "ci_low", "ci_high", "edge"} <= set(optima)
+  for f in ("report.md", "recommended.yaml", "loss_vs_hp.png", "optimum_vs_scale.png"):
+    assert (out / f).stat().st_size > 100, f
+  assert "![loss against hp](loss_vs_hp.png)" in open(out / "report.md").read()
+  # A missing column is one clear line, not a traceback.
+  rc = fit.main(["--results", str(path), "--scale", "model.depth", "--hp", "optimizer.lr",
+                 "--out", str(out)])
+  assert rc == 2
+  assert "column 'model.depth' (given by --scale)" in capsys.readouterr().err
