@@ -332,6 +332,9 @@ def _pad(trials: list[Trial]) -> list[Trial]:
   return trials + [trials[-1]] * extra
 
 
+_COMPILED: dict = {}
+
+
 def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int = 0,
               progress: bool = True, log=print) -> list[dict]:
   """Train one group to the end (resuming its checkpoint); returns its rows."""
@@ -370,9 +373,15 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     batch = dataset.batch(cfg.data.seed, step, B, T, split)
     return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
 
-  vstep = jax.jit(jax.vmap(_guarded_step(b0, txs[0], cfg), in_axes=(0, 0, None)),
-                  donate_argnums=0)
-  veval = jax.jit(jax.vmap(train_lib.make_eval_step(b0), in_axes=(0, 0, None)))
+  # Chunks of one group (and resumed groups) share the compiled program: it
+  # depends only on the group key, K and the shardings.
+  ckey = (group_key(cfg), K, repr(state_sharding), repr(batch_sharding))
+  if ckey not in _COMPILED:
+    _COMPILED[ckey] = (
+        jax.jit(jax.vmap(_guarded_step(b0, txs[0], cfg), in_axes=(0, 0, None)),
+                donate_argnums=0),
+        jax.jit(jax.vmap(train_lib.make_eval_step(b0), in_axes=(0, 0, None))))
+  vstep, veval = _COMPILED[ckey]
 
   def evaluate():
     losses = [veval(state["params"], consts, batch_at(i, "val"))

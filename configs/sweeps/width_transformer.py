@@ -35,5 +35,5 @@ def get_sweep():
   return product(
       sweep("parameterization.name", ["sp", "mup"]),
       sweep("model.width", [32, 64, 128, 256]),
-      sweep("optimizer.lr", 2.0 ** np.arange(-12, -4)),
+      sweep("optimizer.lr", 2.0 ** np.arange(-11, -3)),   # 2^-11 .. 2^-4
   )
