@@ -282,6 +282,32 @@ def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets):
   plt.close(fig)
 
 
+def plot_parity(optima, rules, path, hp, primary):
+  """Several scale variables: measured optimum against the rule's prediction."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4.6, 4.2))
+  for i, entry in enumerate(rules):
+    rule = entry["_rule"]
+    prim = optima[(optima.group == entry["group"]) & (optima.estimator == primary)
+                  & ~optima.all_diverged & ~optima.edge]
+    pred = [rule.predict(dict(zip(rule.scales, sc)))[0] for sc in prim.scale]
+    y = prim.optimum.to_numpy()
+    ax.errorbar(pred, y, yerr=np.abs(np.vstack([y - prim.ci_low, prim.ci_high - y])),
+                fmt="o", capsize=3, label=entry["group"] or "all")
+  lims = ax.get_xlim()
+  ax.plot(lims, lims, "k--", lw=0.8)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log", base=2)
+  ax.set_xlabel(f"rule's {hp}*")
+  ax.set_ylabel(f"measured {hp}* (95% CI)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def _jsonable(rules):
   out = []
   for e in rules:
@@ -301,17 +327,25 @@ def write_outputs(out, curves, optima, rules, args_dict, targets):
   with open(os.path.join(out, "rules.json"), "w") as f:
     json.dump(rj, f, indent=1)
   if targets:
-    rec = {e["group"] or "all": {args_dict["hp"]: {
-        "value": e["prediction"], "ci95": e["prediction_ci"], "at": targets,
-        "rule": f"{e['coefficient']:.4g} * {args_dict['scale'][0]}^{rj[i]['exponent'] if not isinstance(rj[i]['exponent'], list) else rj[i]['exponent']}"}}
-        for i, e in enumerate(rules)}
+    rec = {}
+    for e in rj:
+      ks = e["exponent"] if isinstance(e["exponent"], list) else [e["exponent"]]
+      rule_txt = " * ".join([f"{e['coefficient']:.4g}"] + [
+          f"{sc}^{k:.4g}" for sc, k in zip(args_dict["scale"], ks)])
+      rec[e["group"] or "all"] = {args_dict["hp"]: {
+          "value": e["prediction"], "ci95": e["prediction_ci"], "at": targets,
+          "rule": rule_txt}}
     with open(os.path.join(out, "recommended.yaml"), "w") as f:
       yaml.safe_dump(rec, f, sort_keys=False)
   primary = args_dict["estimator"]
   plot_loss_vs_hp(curves, optima, os.path.join(out, "loss_vs_hp.png"), args_dict["hp"],
                   args_dict["metric"], primary, args_dict["band_tol"])
-  plot_optimum_vs_scale(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
-                        args_dict["hp"], args_dict["scale"][0], primary, targets)
+  if len(args_dict["scale"]) == 1:
+    plot_optimum_vs_scale(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
+                          args_dict["hp"], args_dict["scale"][0], primary, targets)
+  else:
+    plot_parity(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
+                args_dict["hp"], primary)
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(report(optima, rj, args_dict, targets))
 

@@ -137,3 +137,37 @@ def test_cli_writes_every_output(tmp_path, capsys):
                  "--out", str(out)])
   assert rc == 2
   assert "column 'model.depth' (given by --scale)" in capsys.readouterr().err
+
+
+def test_two_scale_variables_and_parquet(tmp_path):
+  """hp* = c * width^-1 * tokens^-0.3 recovered from a parquet table."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for w in (64, 128, 256, 512):
+    for d in (1e6, 4e6, 16e6):
+      x_star = 1.0 - 1.0 * np.log2(w) - 0.3 * np.log2(d)
+      for x in np.arange(x_star - 4, x_star + 4.01, 0.5):
+        for s in range(3):
+          rows.append({"model.width": w, "tokens": d, "optimizer.lr": 2.0 ** x,
+                       "loss": 2.0 + 0.03 * (x - x_star) ** 2 + rng.normal(0, 0.003)})
+  path = tmp_path / "r.parquet"
+  pd.DataFrame(rows).to_parquet(path)
+  df = fit.read_results(str(path))
+  _, _, rules = fit.analyze(df, ["model.width", "tokens"], "optimizer.lr", "loss",
+                            targets={"model.width": 4096, "tokens": 1e9}, n_boot=100,
+                            estimators=("quadratic",), diverged_col=None)
+  (r,) = rules
+  assert r["exponent"] == pytest.approx([-1.0, -0.3], abs=0.03)
+  for (lo, hi), k in zip(r["exponent_ci"], (-1.0, -0.3)):
+    assert lo < k < hi
+  truth = 2.0 ** (1.0 - 12 - 0.3 * np.log2(1e9))
+  assert r["prediction"] == pytest.approx(truth, rel=0.1)
+  fit.write_outputs(str(tmp_path / "out"), *fit.analyze(
+      df, ["model.width", "tokens"], "optimizer.lr", "loss", n_boot=50,
+      targets={"model.width": 4096, "tokens": 1e9}, estimators=("quadratic",),
+      diverged_col=None), {"hp": "optimizer.lr", "scale": ["model.width", "tokens"],
+                           "metric": "loss", "estimator": "quadratic", "band_tol": 0.0025,
+                           "results": str(path), "n_boot": 50},
+      {"model.width": 4096, "tokens": 1e9})
+  assert (tmp_path / "out" / "optimum_vs_scale.png").stat().st_size > 1000
+  assert "model.width^-1" in open(tmp_path / "out" / "recommended.yaml").read()
