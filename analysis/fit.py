@@ -105,6 +105,13 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
   """One row per (group, scale, estimator), and the primary's bootstrap draws."""
   rows, boots = [], {}
   a = (1 - level) / 2
+  # One seed per point: the loss noise is pooled over the curves of a group.
+  pooled = {}
+  for (g, _), curve in curves.items():
+    ss, dof = opt_lib.residual_ss(curve)
+    tot = pooled.get(g, (0.0, 0))
+    pooled[g] = (tot[0] + ss, tot[1] + dof)
+  noise = {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in pooled.items()}
   for (g, sc), curve in curves.items():
     name = ", ".join(f"{v:g}" for v in sc) + (f" ({g})" if g else "")
     if not np.isfinite(curve.mean).any():
@@ -124,7 +131,7 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
     for est in estimators:
       kw = {"tol": band_tol} if est == "band" else {}
       o = opt_lib.estimate(curve.x, curve.mean, est, **kw)
-      b = opt_lib.bootstrap(curve, est, n_boot=n_boot, **kw)
+      b = opt_lib.bootstrap(curve, est, n_boot=n_boot, noise_sd=noise.get(g), **kw)
       lo, hi = np.nanquantile(b, [a, 1 - a])
       rows.append({"group": g, "scale": sc, "estimator": est, "optimum": 2.0 ** o,
                    "ci_low": 2.0 ** lo, "ci_high": 2.0 ** hi, "edge": edge,

@@ -17,7 +17,9 @@ Estimators of the optimum (all in log2 units of the hyperparameter):
 
 Uncertainty: a bootstrap over seeds (each grid point's seeds resampled, the
 mean's spread corrected by sqrt(n/(n-1)) so that few seeds do not shrink it),
-or, with one seed per point, over runs (grid points resampled).  An optimum on
+or, with one seed per point, a smoothed bootstrap over runs: the observed
+losses plus noise at the scale of the residuals of the local parabolas, pooled
+over the curves of a group.  An optimum on
 the edge of the grid is flagged: the true optimum may lie beyond it.
 """
 from __future__ import annotations
@@ -93,8 +95,14 @@ def is_edge(curve: Curve) -> bool:
   return i == 0 or i == len(m) - 1
 
 
-def bootstrap(curve: Curve, method: str, n_boot: int = 500, seed: int = 0, **kw) -> np.ndarray:
-  """Bootstrap replicates of the log2 optimum."""
+def bootstrap(curve: Curve, method: str, n_boot: int = 500, seed: int = 0,
+              noise_sd: float | None = None, **kw) -> np.ndarray:
+  """Bootstrap replicates of the log2 optimum.
+
+  Several seeds: resample each grid point's seeds.  One seed: with
+  ``noise_sd`` (see ``residual_ss``), a smoothed bootstrap; without, resample
+  the grid points (a crude case bootstrap).
+  """
   rng = np.random.default_rng(seed)
   n = len(curve.x)
   if curve.n_seeds > 1:
@@ -108,8 +116,16 @@ def bootstrap(curve: Curve, method: str, n_boot: int = 500, seed: int = 0, **kw)
         ok = np.isfinite(draws).all(1)
         Y[:, j] = np.where(ok, np.where(np.isfinite(draws), draws, 0).mean(1), np.inf)
     return estimate_rows(curve.x, Y, method, **kw)
-  out = np.empty(n_boot)
   y0 = curve.mean
+  if noise_sd is not None and noise_sd > 0:
+    # One seed: a smoothed bootstrap, the observed losses plus Gaussian noise
+    # at the residual scale of the local quadratic fits (pooled over the
+    # group's curves).  The observed curve already carries its own noise, so
+    # this errs wide, never narrow.
+    Y = y0[None, :] + rng.normal(0.0, noise_sd, size=(n_boot, n))
+    Y[:, ~np.isfinite(y0)] = np.inf
+    return estimate_rows(curve.x, Y, method, **kw)
+  out = np.empty(n_boot)
   for b in range(n_boot):
     idx = np.unique(rng.integers(0, n, size=n))
     if len(idx) < 3:
@@ -142,6 +158,20 @@ def estimate_rows(x: np.ndarray, Y: np.ndarray, method: str, *, k: int = 5, **kw
   for i in np.where(~usable)[0]:
     out[i] = _safe_estimate(x, Y[i], method, k=k, **kw)
   return out
+
+
+def residual_ss(curve: Curve, k: int = 5) -> tuple[float, int]:
+  """(sum of squared residuals, degrees of freedom) of the parabola through
+  the best ``k`` finite points: the loss noise seen near the optimum."""
+  m = curve.mean
+  ok = np.isfinite(m)
+  if ok.sum() < 4:
+    return 0.0, 0
+  xf, yf = curve.x[ok], m[ok]
+  best = np.argsort(yf)[: max(4, min(k, len(xf)))]
+  coef = np.polyfit(xf[best], yf[best], 2)
+  r = yf[best] - np.polyval(coef, xf[best])
+  return float(np.sum(r ** 2)), len(best) - 3
 
 
 def _safe_estimate(x, y, method, **kw):

@@ -1,0 +1,169 @@
+"""What every figure reproduction shares: presets, the sweep, the fit, outputs.
+
+Each experiment module defines ``PRESETS`` (``tiny`` for tests, ``cpu`` for 2
+cores, ``gpu`` for one H100 in under 10 minutes) and a ``run(preset, workdir,
+out)`` that writes into ``out``: its figures, ``<name>.json`` with the key
+numbers, and ``<name>.md``, a short note comparing them with the paper.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from hptransfer import cli  # noqa: E402
+from hptransfer import results as results_lib  # noqa: E402
+from hptransfer import sweep as sweep_lib  # noqa: E402
+
+
+def parse(name: str, presets: dict, argv=None):
+  ap = argparse.ArgumentParser(description=f"reproduce {name}")
+  ap.add_argument("--preset", default="cpu", choices=sorted(presets))
+  ap.add_argument("--workdir", default=None, help="sweep directory (default runs/<name>_<preset>)")
+  ap.add_argument("--out", default=None, help="figures, JSON, note (default <workdir>/out)")
+  a = ap.parse_args(argv)
+  a.workdir = a.workdir or os.path.join("runs", f"{name}_{a.preset}")
+  a.out = a.out or os.path.join(a.workdir, "out")
+  return a
+
+
+def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
+  """Run (or resume) a sweep; returns the results DataFrame of these trials."""
+  cli.quiet_logs()
+  trials = sweep_lib.expand(base_cfg, overrides)
+  sweep_lib.run(base_cfg, overrides, workdir, progress=progress, **kw)
+  ids = {t.id for t in trials}
+  df = results_lib.load(workdir)
+  return df[df.trial_id.isin(ids)].reset_index(drop=True)
+
+
+def group_seconds(df) -> float:
+  """Training time of the sweep's groups, from the rows (also when they were
+  computed by an earlier run and reused)."""
+  return float(df.groupby("group_id").wall_s.first().sum()) if len(df) else 0.0
+
+
+def wider_is_better(df, hp: str, metric: str, group_col: str, group) -> dict:
+  """At each fixed value of ``hp``: does the loss fall with every width step?"""
+  sub = df[df[group_col] == group] if group_col else df
+  table = sub.pivot_table(index=hp, columns="model.width", values=metric, aggfunc="mean")
+  mono = {}
+  for v, row in table.iterrows():
+    vals = row.to_numpy(float)
+    vals = np.where(np.isfinite(vals), vals, np.inf)
+    mono[f"{v:g}"] = bool(np.all(np.diff(vals) < 0))
+  return {"per_value": mono, "fraction": float(np.mean(list(mono.values()))) if mono else None}
+
+
+def machine() -> dict:
+  import jax
+  return {"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "platform": platform.platform()}
+
+
+def write_json(out: str, name: str, payload: dict) -> str:
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1, default=_default)
+  return path
+
+
+def _default(o):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  if isinstance(o, tuple):
+    return list(o)
+  return str(o)
+
+
+def write_note(out: str, name: str, text: str) -> str:
+  path = os.path.join(out, f"{name}.md")
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def command_line() -> str:
+  return "python " + " ".join(sys.argv) if sys.argv and sys.argv[0] else ""
+
+
+class Timer:
+  def __enter__(self):
+    self.t = time.time()
+    return self
+
+  def __exit__(self, *exc):
+    self.s = time.time() - self.t
+
+
+def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, out: str,
+                      prefix: str, n_boot: int = 300) -> dict:
+  """Optimum of ``hp`` per value of ``scale`` (per ``group``), the drift rule and
+  the figures ``<prefix>_loss_vs_hp.png`` / ``<prefix>_optimum.png``.
+
+  Returns the key numbers: per group and scale the grid argmin and the
+  quadratic optimum (log2) with its 95% CI and edge flag, the best loss, the
+  drift across the grid in grid steps, and the fitted slope d log2 hp*/d log2
+  scale with its CI (or the reason there is none).
+  """
+  from analysis import fit
+  from analysis.optimum import AnalysisError
+  os.makedirs(out, exist_ok=True)
+  warnings = []
+  curves = fit.build_curves(df, [scale], hp, metric, group)
+  optima, boots = fit.optima_table(curves, ("argmin", "quadratic"), n_boot=n_boot,
+                                   warn=warnings.append)
+  rules, error = [], None
+  try:
+    _, _, rules = fit.analyze(df, [scale], hp, metric, group, n_boot=n_boot,
+                              estimators=("argmin", "quadratic"), warn=lambda m: None)
+  except AnalysisError as e:
+    error = str(e)
+  fit.plot_loss_vs_hp(curves, optima, os.path.join(out, f"{prefix}_loss_vs_hp.png"), hp,
+                      metric, "quadratic", 0.0025)
+  if rules:
+    fit.plot_optimum_vs_scale(optima, rules, os.path.join(out, f"{prefix}_optimum.png"),
+                              hp, scale, "quadratic", None)
+  result = {"warnings": warnings, "fit_error": error, "groups": {}}
+  for g in sorted({g for g, _ in curves}):
+    per_scale = {}
+    for (gg, sc), c in sorted(curves.items()):
+      if gg != g:
+        continue
+      m = c.mean
+      rows = optima[(optima.group == g) & (optima.scale == sc)]
+      q = rows[rows.estimator == "quadratic"]
+      a = rows[rows.estimator == "argmin"]
+      per_scale[f"{sc[0]:g}"] = {
+          "argmin_log2": float(np.log2(a.optimum.iloc[0])) if np.isfinite(a.optimum.iloc[0]) else None,
+          "quadratic_log2": float(np.log2(q.optimum.iloc[0])) if np.isfinite(q.optimum.iloc[0]) else None,
+          "quadratic_ci_log2": [float(np.log2(q.ci_low.iloc[0])), float(np.log2(q.ci_high.iloc[0]))]
+          if np.isfinite(q.optimum.iloc[0]) else None,
+          "edge": bool(q.edge.iloc[0]),
+          "best_loss": float(np.min(m[np.isfinite(m)])) if np.isfinite(m).any() else None,
+          "diverged_points": int((~np.isfinite(m)).sum())}
+    argmins = [v["argmin_log2"] for v in per_scale.values() if v["argmin_log2"] is not None]
+    grid_step = float(np.min(np.diff(np.unique(np.concatenate([c.x for c in curves.values()])))))
+    entry = {"per_scale": per_scale,
+             "argmin_drift_grid_steps": (argmins[-1] - argmins[0]) / grid_step if argmins else None,
+             "argmin_range_grid_steps": (max(argmins) - min(argmins)) / grid_step if argmins else None}
+    for r in rules:
+      if r["group"] == g:
+        entry.update({"slope": r["exponent"], "slope_ci": r["exponent_ci"],
+                      "coefficient": r["coefficient"], "validation": {
+                          k: v for k, v in r["validation"].items() if k != "held_out"}})
+    result["groups"][g or "all"] = entry
+  return result

@@ -1,0 +1,94 @@
+"""Training horizon: at a fixed width the optimal LR falls as the number of
+training tokens grows (Bjorck et al. 2024: lr* ∝ D^-beta, beta ≈ 0.3).
+
+    python experiments/horizon.py --preset cpu
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from experiments import common  # noqa: E402
+from hptransfer.sweep import product, sweep  # noqa: E402
+
+NAME = "horizon"
+PRESETS = {
+    "tiny": dict(steps=[4, 8], lrs=2.0 ** np.arange(-8, -3, 2), width=16, batch=2, seq=16,
+                 head_dim=8),
+    "cpu": dict(steps=[100, 200, 400, 800], lrs=2.0 ** np.arange(-11, -2), width=64,
+                batch=8, seq=64, head_dim=16),
+    "gpu": dict(steps=[250, 500, 1000, 2000, 4000], lrs=2.0 ** np.arange(-13, -3), width=512,
+                batch=32, seq=256, head_dim=64),
+}
+
+
+def config(p):
+  from configs.sweeps import width_transformer
+  c = width_transformer.get_config()
+  c.model.width = p["width"]
+  c.model.head_dim = p["head_dim"]
+  c.parameterization.name = "mup"
+  c.parameterization.base_width = p["width"]
+  c.optimizer.schedule = "cosine"          # every horizon decays to 10% at its end
+  c.optimizer.final_lr_ratio = 0.1
+  c.train.batch_size = p["batch"]
+  c.data.seq_len = p["seq"]
+  return c
+
+
+def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
+  p = PRESETS[preset]
+  grid = []
+  for steps in p["steps"]:
+    grid += product(sweep("train.steps", [steps]), sweep("train.eval_every", [steps]),
+                    sweep("train.checkpoint_every", [max(steps // 4, 1)]),
+                    sweep("train.log_every", [max(steps // 20, 1)]),
+                    sweep("optimizer.lr", p["lrs"]))
+  with common.Timer() as t:
+    df = common.run_sweep(config(p), grid, workdir, progress=progress)
+  df["planned_tokens"] = df["train.steps"] * p["batch"] * p["seq"]
+  res = common.transfer_analysis(df, "planned_tokens", "optimizer.lr", "final_train_loss",
+                                 None, out, NAME)
+  e = res["groups"]["all"]
+  res.update({"experiment": NAME, "preset": preset, "sweep_wall_s": common.group_seconds(df),
+              "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
+              "machine": common.machine(),
+              "beta": -e["slope"] if "slope" in e else None,
+              "beta_ci": sorted([-e["slope_ci"][1], -e["slope_ci"][0]]) if "slope" in e else None})
+  common.write_json(out, NAME, res)
+  common.write_note(out, NAME, note(res))
+  return res
+
+
+def note(res) -> str:
+  e = res["groups"]["all"]
+  opts = ", ".join(f"{float(d):.3g} tokens: 2^{v['argmin_log2']:g}" for d, v in e["per_scale"].items()
+                   if v["argmin_log2"] is not None)
+  beta = (f"{res['beta']:.2f} (95% CI {res['beta_ci'][0]:.2f} to {res['beta_ci'][1]:.2f})"
+          if res["beta"] is not None else "not fitted: " + str(res["fit_error"]))
+  s = res["settings"]
+  return f"""# Training horizon — preset `{res['preset']}`
+
+![loss against log2 LR per horizon]({NAME}_loss_vs_hp.png)
+
+Width {s['width']}, muP, Adam with a cosine schedule to 10% over each horizon,
+{s['steps']} steps of {s['batch']}×{s['seq']} bytes, one seed.
+
+Grid-argmin optimum per horizon: {opts}.
+Fitted lr* ∝ D^-beta: beta = {beta}.
+
+Bjorck et al. (2024) report beta ≈ 0.3 for LLaMA-style models over 10^8–10^10
+tokens; these horizons are 10^5–10^6 bytes.  Sweep wall time {res['sweep_wall_s']:.0f} s
+on {res['machine']['device']}.
+{chr(10).join('Warning: ' + w for w in res['warnings'])}
+"""
+
+
+if __name__ == "__main__":
+  a = common.parse(NAME, PRESETS)
+  r = run(a.preset, a.workdir, a.out)
+  print("beta", r["beta"], r["beta_ci"], "outputs in", a.out)
