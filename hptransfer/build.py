@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Any
 
 import jax
@@ -29,12 +31,16 @@ class Built:
   def init(self, rng):
     return jax.jit(self.init_fn())(rng, self.leaf_trees()["init_std"])
 
-  def abstract_params(self):
+  @functools.cached_property
+  def _abstract(self):
     tokens = models.dummy_tokens(self.cfg)
     return jax.eval_shape(lambda: self.model.init(jax.random.key(0), tokens)["params"])
 
+  def abstract_params(self):
+    return self._abstract
+
   def leaf_trees(self):
-    return P.leaf_trees(self.abstract_params(), self.table)
+    return P.leaf_trees(self._abstract, self.table)
 
   def consts(self) -> dict:
     """What a trial feeds its forward pass besides params: the per-leaf forward
@@ -61,15 +67,24 @@ class Built:
                for l in self.table.values())
 
 
+# Leaf shapes per (model config, width): tracing a Flax init is the slow part
+# of building, and a sweep builds many trials of the same shapes.
+_SHAPES: dict = {}
+
+
 def build(cfg) -> Built:
   configlib.validate(cfg)
   p = cfg.parameterization
   tokens = models.dummy_tokens(cfg)
 
   def shapes(width):
-    model = models.build(cfg, width=width)
-    return P.flat_shapes(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), tokens)["params"]))
+    key = (json.dumps(cfg.model.to_dict(), sort_keys=True, default=str),
+           cfg.data.seq_len, models.data_lib.vocab_size(cfg.data), width)
+    if key not in _SHAPES:
+      model = models.build(cfg, width=width)
+      _SHAPES[key] = P.flat_shapes(jax.eval_shape(
+          lambda: model.init(jax.random.key(0), tokens)["params"]))
+    return _SHAPES[key]
 
   target = shapes(cfg.model.width)
   base = shapes(p.base_width)

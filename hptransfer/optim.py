@@ -76,8 +76,7 @@ def hp_optimizer(name: str, lr: float, weight_decay: float, mults: dict,
     hp = {"lr": jnp.asarray(lr, jnp.float32),
           "wd": jnp.asarray(weight_decay, jnp.float32),
           "eps": jnp.asarray(eps, jnp.float32),
-          "lr_mult": mults["lr_mult"], "wd_mult": mults["wd_mult"],
-          "eps_mult": mults["eps_mult"]}
+          **{k: mults[k] for k in ("lr_mult", "wd_mult", "eps_mult")}}
     return HpOptState(count=jnp.zeros([], jnp.int32), mu=zeros(),
                       nu=None if is_sgd else zeros(), hparams=hp)
 
@@ -113,6 +112,24 @@ def hp_optimizer(name: str, lr: float, weight_decay: float, mults: dict,
     return updates, HpOptState(count=count, mu=mu, nu=nu, hparams=hp)
 
   return optax.GradientTransformation(init, update)
+
+
+def hparams(ocfg, mults: dict) -> dict:
+  """The values ``hp_optimizer``'s state holds for this optimizer config."""
+  return {"lr": jnp.asarray(ocfg.lr, jnp.float32),
+          "wd": jnp.asarray(ocfg.weight_decay, jnp.float32),
+          "eps": jnp.asarray(ocfg.eps, jnp.float32),
+          "lr_mult": mults["lr_mult"], "wd_mult": mults["wd_mult"],
+          "eps_mult": mults["eps_mult"]}
+
+
+def with_hparams(opt_state, hp: dict):
+  """``opt_state`` (possibly inside a chain) with its HpOptState's hparams replaced."""
+  if isinstance(opt_state, HpOptState):
+    return opt_state._replace(hparams=hp)
+  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
+    return tuple(with_hparams(s, hp) for s in opt_state)
+  return opt_state
 
 
 def build(ocfg, mults: dict, total_steps: int) -> optax.GradientTransformation:

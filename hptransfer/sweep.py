@@ -289,15 +289,24 @@ def _guarded_step(built, tx, cfg):
 
 
 def _init_group(builts, txs, trials):
-  b0 = builts[0]
-  init = jax.jit(jax.vmap(b0.init_fn()))
+  """The stacked state of a group, initialised in one compiled call: params
+  from each trial's seed and init stds, optimizer state from the first trial's
+  optimizer with every trial's hyperparameters swapped in."""
+  b0, tx0 = builts[0], txs[0]
+  init_fn = b0.init_fn()
+
+  def init_one(key, stds):
+    params = init_fn(key, stds)
+    return params, tx0.init(params)
+
   keys = jnp.stack([jax.random.key_data(jax.random.key(t.cfg.seed)) for t in trials])
   stds = _stack([b.leaf_trees()["init_std"] for b in builts])
-  params = init(jax.vmap(jax.random.wrap_key_data)(keys), stds)
-  per_trial = [jax.tree_util.tree_map(lambda x, k=k: x[k], params) for k in range(len(trials))]
-  opt = _stack([tx.init(p) for tx, p in builtins.zip(txs, per_trial)])
+  params, opt = jax.jit(jax.vmap(lambda k, s: init_one(jax.random.wrap_key_data(k), s)))(
+      keys, stds)
+  hp = _stack([optim.hparams(t.cfg.optimizer, b.leaf_trees()) for t, b in builtins.zip(trials, builts)])
   K = len(trials)
-  return {"step": jnp.zeros([K], jnp.int32), "params": params, "opt_state": opt,
+  return {"step": jnp.zeros([K], jnp.int32), "params": params,
+          "opt_state": optim.with_hparams(opt, hp),
           "alive": jnp.ones([K], bool), "loss0": jnp.zeros([K], jnp.float32),
           "diverged_step": jnp.zeros([K], jnp.int32),
           "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}

@@ -1,7 +1,16 @@
 import os
 import sys
+import tempfile
 
 import pytest
+
+# One persistent compilation cache for the session (fresh each session): tests
+# that compile the same shapes twice (the determinism tests above all) load
+# the second executable instead of compiling it.  Set before jax is imported.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="hptransfer-test-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -21,8 +21,7 @@ def _strip(obj):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_tiny_preset_is_deterministic(name, tmp_path, monkeypatch):
-  monkeypatch.setenv("HPTRANSFER_JAX_CACHE", str(tmp_path / "cache"))
+def test_tiny_preset_is_deterministic(name, tmp_path):
   mod = importlib.import_module(f"experiments.{name}")
   outs = []
   for run in ("a", "b"):
