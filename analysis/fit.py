@@ -340,7 +340,7 @@ def write_outputs(out, curves, optima, rules, args_dict, targets):
       rule_txt = " * ".join([f"{e['coefficient']:.4g}"] + [
           f"{sc}^{k:.4g}" for sc, k in zip(args_dict["scale"], ks)])
       rec[e["group"] or "all"] = {args_dict["hp"]: {
-          "value": e["prediction"], "ci95": e["prediction_ci"], "at": targets,
+          "value": e["prediction"], "ci95": e["prediction_ci"], "at": dict(targets),
           "rule": rule_txt}}
     with open(os.path.join(out, "recommended.yaml"), "w") as f:
       yaml.safe_dump(rec, f, sort_keys=False)
@@ -361,7 +361,8 @@ def report(optima, rules, a, targets) -> str:
   hp, scale = a["hp"], ", ".join(a["scale"])
   lines = [f"# Transfer of `{hp}` across `{scale}`", "",
            f"Results: `{a['results']}`; metric `{a['metric']}`; optimum estimator "
-           f"`{a['estimator']}` with {a['n_boot']} bootstrap replicates; intervals are 95%.",
+           f"`{a['estimator']}` with {a['n_boot']} bootstrap replicates; intervals are 95%."
+           + (f"\n\nMade by `{a['command']}`." if a.get("command") else ""),
            "", "![loss against hp](loss_vs_hp.png)", "",
            "![optimum against scale](optimum_vs_scale.png)", "", "## Rules", "",
            "| group | hp* = c · scale^k | k (95% CI) | scales used |"
@@ -430,6 +431,7 @@ def main(argv=None) -> int:
   ap.add_argument("--n_boot", type=int, default=500)
   ap.add_argument("--out", required=True)
   a = ap.parse_args(argv)
+  a.command = "python -m analysis.fit " + " ".join(sys.argv[1:] if argv is None else argv)
   try:
     df = read_results(a.results)
     targets = parse_targets(a.target, a.scale)

@@ -23,8 +23,8 @@ NAME = "depth_transfer"
 PRESETS = {
     "tiny": dict(depths=[2, 4], lrs=2.0 ** np.arange(-8, -3, 2), width=16, steps=6,
                  batch=2, seq=16, head_dim=8),
-    "cpu": dict(depths=[2, 4, 8, 16], lrs=2.0 ** np.arange(-11, -2), width=64, steps=200,
-                batch=8, seq=64, head_dim=16),
+    "cpu": dict(depths=[2, 4, 8, 16], lrs=2.0 ** np.arange(-10, -2), width=32, steps=100,
+                batch=8, seq=32, head_dim=16),
     "gpu": dict(depths=[2, 4, 8, 16, 32, 64], lrs=2.0 ** np.arange(-13, -3), width=512,
                 steps=1000, batch=32, seq=256, head_dim=64),
 }

@@ -19,7 +19,7 @@ NAME = "horizon"
 PRESETS = {
     "tiny": dict(steps=[4, 8], lrs=2.0 ** np.arange(-8, -3, 2), width=16, batch=2, seq=16,
                  head_dim=8),
-    "cpu": dict(steps=[100, 200, 400, 800], lrs=2.0 ** np.arange(-11, -2), width=64,
+    "cpu": dict(steps=[50, 100, 200, 400], lrs=2.0 ** np.arange(-11, -2), width=64,
                 batch=8, seq=64, head_dim=16),
     "gpu": dict(steps=[250, 500, 1000, 2000, 4000], lrs=2.0 ** np.arange(-13, -3), width=512,
                 batch=32, seq=256, head_dim=64),

@@ -20,7 +20,7 @@ PRESETS = {
     "tiny": dict(widths=[16, 32], output_mults=2.0 ** np.arange(-2, 3, 2),
                  init_stds=2.0 ** np.arange(-2, 3, 2), steps=6, batch=2, seq=16, head_dim=8,
                  lr=2.0 ** -6),
-    "cpu": dict(widths=[32, 64, 128, 256], output_mults=2.0 ** np.arange(-5, 5),
+    "cpu": dict(widths=[32, 64, 128], output_mults=2.0 ** np.arange(-5, 5),
                 init_stds=2.0 ** np.arange(-4, 4), steps=200, batch=8, seq=64, head_dim=16,
                 lr=2.0 ** -7),
     "gpu": dict(widths=[128, 256, 512, 1024, 2048], output_mults=2.0 ** np.arange(-5, 5),
