@@ -36,6 +36,29 @@ def parse(name: str, presets: dict, argv=None):
   return a
 
 
+def base_config(p: dict, **fields):
+  """The width sweep's config with a preset's shape and run length: ``p`` may
+  give head_dim, batch, seq and steps; ``fields`` are dotted overrides."""
+  from configs.sweeps import width_transformer
+  c = width_transformer.get_config()
+  c.model.head_dim = p["head_dim"]
+  c.train.batch_size = p["batch"]
+  c.data.seq_len = p["seq"]
+  if isinstance(p.get("steps"), int) and c.train.steps != p["steps"]:
+    set_steps(c, p["steps"])
+  for key, value in fields.items():
+    sweep_lib._set(c, key, value)
+  return c
+
+
+def set_steps(c, steps: int) -> None:
+  """Run length, with one eval at the end, 4 checkpoints and 20 log rows."""
+  c.train.steps = steps
+  c.train.eval_every = steps
+  c.train.checkpoint_every = max(steps // 4, 1)
+  c.train.log_every = max(steps // 20, 1)
+
+
 def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
   """Run (or resume) a sweep; returns the results DataFrame of these trials."""
   cli.quiet_logs()

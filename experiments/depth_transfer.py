@@ -31,20 +31,10 @@ PRESETS = {
 
 
 def config(p):
-  from configs.sweeps import width_transformer
-  c = width_transformer.get_config()
-  c.model.width = p["width"]
-  c.model.head_dim = p["head_dim"]
-  c.parameterization.name = "mup"
-  c.parameterization.base_width = p["width"]
-  c.parameterization.base_depth = p["depths"][0]
-  c.train.steps = p["steps"]
-  c.train.batch_size = p["batch"]
-  c.data.seq_len = p["seq"]
-  c.train.eval_every = p["steps"]
-  c.train.checkpoint_every = max(p["steps"] // 4, 1)
-  c.train.log_every = max(p["steps"] // 20, 1)
-  return c
+  return common.base_config(p, **{
+      "model.width": p["width"], "parameterization.name": "mup",
+      "parameterization.base_width": p["width"],
+      "parameterization.base_depth": p["depths"][0]})
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:

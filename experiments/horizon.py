@@ -27,26 +27,21 @@ PRESETS = {
 
 
 def config(p):
-  from configs.sweeps import width_transformer
-  c = width_transformer.get_config()
-  c.model.width = p["width"]
-  c.model.head_dim = p["head_dim"]
-  c.parameterization.name = "mup"
-  c.parameterization.base_width = p["width"]
-  c.optimizer.schedule = "cosine"          # every horizon decays to 10% at its end
-  c.optimizer.final_lr_ratio = 0.1
-  c.train.batch_size = p["batch"]
-  c.data.seq_len = p["seq"]
-  return c
+  return common.base_config(p, **{
+      "model.width": p["width"], "parameterization.name": "mup",
+      "parameterization.base_width": p["width"],
+      # every horizon decays to 10% of the peak LR at its end
+      "optimizer.schedule": "cosine", "optimizer.final_lr_ratio": 0.1})
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   p = PRESETS[preset]
   grid = []
   for steps in p["steps"]:
-    grid += product(sweep("train.steps", [steps]), sweep("train.eval_every", [steps]),
-                    sweep("train.checkpoint_every", [max(steps // 4, 1)]),
-                    sweep("train.log_every", [max(steps // 20, 1)]),
+    c = config(p)
+    common.set_steps(c, steps)
+    grid += product(*[sweep(f"train.{k}", [c.train[k]]) for k in
+                      ("steps", "eval_every", "checkpoint_every", "log_every")],
                     sweep("optimizer.lr", p["lrs"]))
   with common.Timer() as t:
     df = common.run_sweep(config(p), grid, workdir, progress=progress)

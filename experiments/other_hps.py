@@ -30,19 +30,9 @@ PRESETS = {
 
 
 def config(p):
-  from configs.sweeps import width_transformer
-  c = width_transformer.get_config()
-  c.model.head_dim = p["head_dim"]
-  c.parameterization.name = "mup"
-  c.parameterization.base_width = p["widths"][0]
-  c.optimizer.lr = float(p["lr"])
-  c.train.steps = p["steps"]
-  c.train.batch_size = p["batch"]
-  c.data.seq_len = p["seq"]
-  c.train.eval_every = p["steps"]
-  c.train.checkpoint_every = max(p["steps"] // 4, 1)
-  c.train.log_every = max(p["steps"] // 20, 1)
-  return c
+  return common.base_config(p, **{
+      "parameterization.name": "mup", "parameterization.base_width": p["widths"][0],
+      "optimizer.lr": float(p["lr"])})
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:

@@ -36,18 +36,7 @@ PRESETS = {
 
 
 def config(p):
-  from configs.sweeps import width_transformer
-  c = width_transformer.get_config()
-  c.parameterization.base_width = p["base"]
-  c.model.head_dim = p["head_dim"]
-  c.train.batch_size = p["batch"]
-  c.data.seq_len = p["seq"]
-  if c.train.steps != p["steps"]:
-    c.train.steps = p["steps"]
-    c.train.eval_every = p["steps"]
-    c.train.checkpoint_every = max(p["steps"] // 4, 1)
-    c.train.log_every = max(p["steps"] // 20, 1)
-  return c
+  return common.base_config(p, **{"parameterization.base_width": p["base"]})
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:

@@ -73,12 +73,9 @@ def hp_optimizer(name: str, lr: float, weight_decay: float, mults: dict,
 
   def init(params):
     zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)
-    hp = {"lr": jnp.asarray(lr, jnp.float32),
-          "wd": jnp.asarray(weight_decay, jnp.float32),
-          "eps": jnp.asarray(eps, jnp.float32),
-          **{k: mults[k] for k in ("lr_mult", "wd_mult", "eps_mult")}}
     return HpOptState(count=jnp.zeros([], jnp.int32), mu=zeros(),
-                      nu=None if is_sgd else zeros(), hparams=hp)
+                      nu=None if is_sgd else zeros(),
+                      hparams=_hparams(lr, weight_decay, eps, mults))
 
   def update(grads, state, params):
     hp = state.hparams
@@ -114,13 +111,16 @@ def hp_optimizer(name: str, lr: float, weight_decay: float, mults: dict,
   return optax.GradientTransformation(init, update)
 
 
+def _hparams(lr, weight_decay, eps, mults: dict) -> dict:
+  return {"lr": jnp.asarray(lr, jnp.float32),
+          "wd": jnp.asarray(weight_decay, jnp.float32),
+          "eps": jnp.asarray(eps, jnp.float32),
+          **{k: mults[k] for k in ("lr_mult", "wd_mult", "eps_mult")}}
+
+
 def hparams(ocfg, mults: dict) -> dict:
   """The values ``hp_optimizer``'s state holds for this optimizer config."""
-  return {"lr": jnp.asarray(ocfg.lr, jnp.float32),
-          "wd": jnp.asarray(ocfg.weight_decay, jnp.float32),
-          "eps": jnp.asarray(ocfg.eps, jnp.float32),
-          "lr_mult": mults["lr_mult"], "wd_mult": mults["wd_mult"],
-          "eps_mult": mults["eps_mult"]}
+  return _hparams(ocfg.lr, ocfg.weight_decay, ocfg.eps, mults)
 
 
 def with_hparams(opt_state, hp: dict):
