@@ -34,6 +34,11 @@ from analysis.optimum import AnalysisError, Curve
 from analysis.rules import fit_rule
 
 
+def group_name(g) -> str:
+  """A group's label: its value (0 and 0.0 included), or "all" without --group."""
+  return "all" if isinstance(g, str) and g == "" else f"{g}"
+
+
 # ----------------------------------------------------------------------------
 # Reading.
 
@@ -156,7 +161,7 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic
     if len({sc for sc in prim.scale}) < 2:
       all_scales = sorted({sc for gg, sc in curves if gg == g})
       raise AnalysisError(
-          f"group {g or '(all)'}: a rule needs optima at two or more scales; usable "
+          f"group {group_name(g)}: a rule needs optima at two or more scales; usable "
           f"scales: {[s for s in prim.scale]} of {all_scales}"
           + (" (the others are on the grid's edge or all diverged)" if len(all_scales) > 1
              else f". Sweep more than one value of {', '.join(scales)}"))
@@ -239,7 +244,7 @@ def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol):
     if finite.size:
       lo = finite.min()
       ax.set_ylim(lo - 0.05 * abs(lo), min(finite.max(), lo + 1.5) + 0.02)
-    ax.set_title(g or "all")
+    ax.set_title(group_name(g))
     ax.set_xlabel(f"log2 {hp}")
     ax.legend(fontsize=7, title="scale", title_fontsize=7)
   axes[0][0].set_ylabel(metric)
@@ -263,7 +268,7 @@ def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets):
     err = np.vstack([y - prim.ci_low.to_numpy(), prim.ci_high.to_numpy() - y])
     ax.errorbar(s, y, yerr=np.abs(err), fmt="o", color=colors(i), capsize=3,
                 mfc="none" if prim.edge.any() else None,
-                label=f"{g or 'all'}: k={rule.exponents[0]:.2f} "
+                label=f"{group_name(g)}: k={rule.exponents[0]:.2f} "
                       f"[{rule.exponents_ci[0][0]:.2f}, {rule.exponents_ci[0][1]:.2f}]")
     for _, r in prim[prim.edge].iterrows():
       ax.plot([r.scale[0]], [r.optimum], "x", color="red", ms=8)
@@ -302,7 +307,7 @@ def plot_parity(optima, rules, path, hp, primary):
     pred = [rule.predict(dict(zip(rule.scales, sc)))[0] for sc in prim.scale]
     y = prim.optimum.to_numpy()
     ax.errorbar(pred, y, yerr=np.abs(np.vstack([y - prim.ci_low, prim.ci_high - y])),
-                fmt="o", capsize=3, label=entry["group"] or "all")
+                fmt="o", capsize=3, label=group_name(entry["group"]))
   lims = ax.get_xlim()
   ax.plot(lims, lims, "k--", lw=0.8)
   ax.set_xscale("log", base=2)
@@ -339,7 +344,7 @@ def write_outputs(out, curves, optima, rules, args_dict, targets):
       ks = e["exponent"] if isinstance(e["exponent"], list) else [e["exponent"]]
       rule_txt = " * ".join([f"{e['coefficient']:.4g}"] + [
           f"{sc}^{k:.4g}" for sc, k in zip(args_dict["scale"], ks)])
-      rec[e["group"] or "all"] = {args_dict["hp"]: {
+      rec[group_name(e["group"])] = {args_dict["hp"]: {
           "value": e["prediction"], "ci95": e["prediction_ci"], "at": dict(targets),
           "rule": rule_txt}}
     with open(os.path.join(out, "recommended.yaml"), "w") as f:
@@ -371,7 +376,7 @@ def report(optima, rules, a, targets) -> str:
   for e in rules:
     k = e["exponent"] if not isinstance(e["exponent"], list) else e["exponent"][0]
     ci = e["exponent_ci"] if not isinstance(e["exponent_ci"][0], list) else e["exponent_ci"][0]
-    row = (f"| {e['group'] or 'all'} | {e['coefficient']:.4g} · x^{k:.3f} | {k:.3f} "
+    row = (f"| {group_name(e['group'])} | {e['coefficient']:.4g} · x^{k:.3f} | {k:.3f} "
            f"[{ci[0]:.3f}, {ci[1]:.3f}] | {e['n_scales']} |")
     if targets:
       row += (f" {e['prediction']:.4g} [{e['prediction_ci'][0]:.4g}, "
@@ -383,16 +388,16 @@ def report(optima, rules, a, targets) -> str:
   for e in rules:
     v = e["validation"]
     if "skipped" in v:
-      lines.append(f"| {e['group'] or 'all'} | {v['skipped']} | | | | |")
+      lines.append(f"| {group_name(e['group'])} | {v['skipped']} | | | | |")
       continue
-    lines.append(f"| {e['group'] or 'all'} | {v['held_out']} | {v['predicted']:.4g} | "
+    lines.append(f"| {group_name(e['group'])} | {v['held_out']} | {v['predicted']:.4g} | "
                  f"{v['measured']:.4g} | {v['ratio']:.3g} | {v['loss_penalty']:.4g} |")
   lines += ["", "## Optima per scale", "",
             "| group | scale | estimator | optimum | 95% CI | edge |",
             "| --- | --- | --- | --- | --- | --- |"]
   for _, r in optima.iterrows():
     s = ", ".join(f"{v:g}" for v in r.scale)
-    lines.append(f"| {r.group or 'all'} | {s} | {r.estimator} | {r.optimum:.4g} | "
+    lines.append(f"| {group_name(r.group)} | {s} | {r.estimator} | {r.optimum:.4g} | "
                  f"[{r.ci_low:.4g}, {r.ci_high:.4g}] | {'yes' if r.edge else ''} |")
   lines += ["", "Edge optima (the best grid point is the first or last) and scales where "
             "every run diverged are left out of the fits.", ""]
@@ -444,7 +449,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for e in _jsonable(rules):
-    msg = (f"{e['group'] or 'all'}: {a.hp}* = {e['coefficient']:.4g} * {a.scale[0]}^"
+    msg = (f"{group_name(e['group'])}: {a.hp}* = {e['coefficient']:.4g} * {a.scale[0]}^"
            f"{e['exponent']:.3f}  (95% CI of the exponent {e['exponent_ci']})")
     if targets:
       msg += f"; at {targets}: {e['prediction']:.4g} {e['prediction_ci']}"

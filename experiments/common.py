@@ -188,5 +188,5 @@ def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, o
         entry.update({"slope": r["exponent"], "slope_ci": r["exponent_ci"],
                       "coefficient": r["coefficient"], "validation": {
                           k: v for k, v in r["validation"].items() if k != "held_out"}})
-    result["groups"][g or "all"] = entry
+    result["groups"][fit.group_name(g)] = entry
   return result
