@@ -62,6 +62,12 @@ def note(res) -> str:
              if "slope" in e else "no fit")
     lines.append(f"| {g} | {opts} | {e['argmin_drift_grid_steps']:+.1f} | {slope} |")
   s = res["settings"]
+  verdicts = "; ".join(
+      f"alpha {g}: " + ("no fit" if "slope" not in e else
+                        "stable (the slope's interval includes 0)"
+                        if e["slope_ci"][0] <= 0 <= e["slope_ci"][1] else
+                        f"drifts ({'down' if e['slope'] < 0 else 'up'}: the interval excludes 0)")
+      for g, e in res["groups"].items())
   return f"""# Depth transfer — preset `{res['preset']}`
 
 ![loss against log2 LR per depth]({NAME}_loss_vs_hp.png)
@@ -75,7 +81,7 @@ muP at width {s['width']}, depths {s['depths']} (base depth {s['depths'][0]}), A
 {chr(10).join(lines)}
 
 CompleteP (Dey et al. 2025) reports a depth-stable optimum at alpha = 1 and a
-drifting one at alpha = 0.  Sweep wall time {res['sweep_wall_s']:.0f} s on
+drifting one at alpha = 0.  Here: {verdicts}.  Sweep wall time {res['sweep_wall_s']:.0f} s on
 {res['machine']['device']} ({res['machine']['cpus']} CPUs).
 {'' if res['fit_error'] is None else 'Fit: ' + res['fit_error']}
 {chr(10).join('Warning: ' + w for w in res['warnings'])}

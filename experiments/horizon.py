@@ -66,6 +66,15 @@ def note(res) -> str:
   beta = (f"{res['beta']:.2f} (95% CI {res['beta_ci'][0]:.2f} to {res['beta_ci'][1]:.2f})"
           if res["beta"] is not None else "not fitted: " + str(res["fit_error"]))
   s = res["settings"]
+  tokens = [float(d) for d in e["per_scale"]]
+  lo, hi = min(tokens), max(tokens)
+  if res["beta"] is None:
+    verdict = "No exponent could be fitted."
+  elif res["beta_ci"][0] <= 0 <= res["beta_ci"][1]:
+    verdict = ("The 95% interval includes 0: at this scale and with one seed the run "
+               "neither confirms nor rules out the falling optimum.")
+  else:
+    verdict = "The interval excludes 0: the optimum falls with the horizon, as reported."
   return f"""# Training horizon — preset `{res['preset']}`
 
 ![loss against log2 LR per horizon]({NAME}_loss_vs_hp.png)
@@ -77,8 +86,8 @@ Grid-argmin optimum per horizon: {opts}.
 Fitted lr* ∝ D^-beta: beta = {beta}.
 
 Bjorck et al. (2024) report beta ≈ 0.3 for LLaMA-style models over 10^8–10^10
-tokens; these horizons are 10^5–10^6 bytes.  Sweep wall time {res['sweep_wall_s']:.0f} s
-on {res['machine']['device']}.
+tokens; these horizons are {lo:.2g}–{hi:.2g} bytes. {verdict}
+Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']}.
 {chr(10).join('Warning: ' + w for w in res['warnings'])}
 """
 
