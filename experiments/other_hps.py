@@ -71,6 +71,16 @@ def note(res) -> str:
              if "slope" in e else "no fit")
     lines.append(f"| {hp.split('.')[1]} | {opts} | {e['argmin_range_grid_steps']:.0f} | {slope} |")
   s = res["settings"]
+  parts = []
+  for hp in ("parameterization.output_mult", "parameterization.init_std"):
+    e = res[hp]["groups"]["all"]
+    where = f"the grid optimum moves by {e['argmin_range_grid_steps']:.0f} grid step(s)"
+    if "slope" in e:
+      inc = e["slope_ci"][0] <= 0 <= e["slope_ci"][1]
+      where += (f" and the fitted slope's interval {'includes' if inc else 'excludes'} 0"
+                + ("" if inc else " (a weak drift at these widths)"))
+    parts.append(f"{hp.split('.')[1]}: {where}")
+  verdict = "; ".join(parts) + "."
   return f"""# Other hyperparameters under muP — preset `{res['preset']}`
 
 | output multiplier | init std |
@@ -85,7 +95,7 @@ muP, Adam at LR {s['lr']:g}, widths {s['widths']} (base {s['widths'][0]}), {s['s
 {chr(10).join(lines)}
 
 Tensor Programs V (Fig. 4) reports both optima stable across width under muP.
-Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']}.
+Here: {verdict}  Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']}.
 """
 
 

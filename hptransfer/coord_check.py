@@ -20,6 +20,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 
 from hptransfer import build as build_lib
@@ -46,17 +47,18 @@ def run_width(cfg, width: int, seeds, steps: int, dataset) -> list[dict]:
   consts = built.consts()
   tx = optim.build(cfg.optimizer, trees, max(cfg.train.steps, steps))
 
-  def loss_and_stats(params, batch):
+  def loss_and_stats(params, consts, batch):
     logits, inter = built.apply(params, consts, batch[:, :-1], capture=True)
-    import optax
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
     return loss, _layer_stats(inter)
 
+  # consts (forward multipliers, knobs) and the optimizer's multipliers are
+  # inputs, not constants: SP and muP at one width share one compiled program.
   @jax.jit
-  def step(params, opt_state, batch):
-    (loss, stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(params, batch)
+  def step(params, opt_state, consts, batch):
+    (loss, stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
+        params, consts, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
-    import optax
     return optax.apply_updates(params, updates), opt_state, stats, loss
 
   rows = []
@@ -65,7 +67,7 @@ def run_width(cfg, width: int, seeds, steps: int, dataset) -> list[dict]:
     opt_state = tx.init(params)
     for t in range(steps + 1):
       batch = dataset.batch(cfg.data.seed + seed, t, cfg.train.batch_size, cfg.data.seq_len)
-      params, opt_state, stats, loss = step(params, opt_state, batch)
+      params, opt_state, stats, loss = step(params, opt_state, consts, batch)
       stats = jax.device_get(stats)
       for layer, v in stats.items():
         rows.append({"width": width, "seed": seed, "t": t, "layer": layer,
