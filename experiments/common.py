@@ -69,6 +69,19 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
   return df[df.trial_id.isin(ids)].reset_index(drop=True)
 
 
+def fmt_optima(entry: dict, prefix: str = "") -> str:
+  """'32: 2^-6, 64: 2^-7' from a transfer_analysis group entry."""
+  return ", ".join(f"{prefix}{k}: 2^{v['argmin_log2']:g}" for k, v in entry["per_scale"].items()
+                   if v["argmin_log2"] is not None)
+
+
+def fmt_slope(entry: dict) -> str:
+  if "slope" not in entry:
+    return "no fit"
+  lo, hi = entry["slope_ci"]
+  return f"{entry['slope']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
 def group_seconds(df) -> float:
   """Training time of the sweep's groups, from the rows (also when they were
   computed by an earlier run and reused)."""

@@ -56,11 +56,8 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
 def note(res) -> str:
   lines = []
   for g, e in res["groups"].items():
-    opts = ", ".join(f"L={d}: 2^{v['argmin_log2']:g}" for d, v in e["per_scale"].items()
-                     if v["argmin_log2"] is not None)
-    slope = (f"{e['slope']:+.2f} [{e['slope_ci'][0]:+.2f}, {e['slope_ci'][1]:+.2f}]"
-             if "slope" in e else "no fit")
-    lines.append(f"| {g} | {opts} | {e['argmin_drift_grid_steps']:+.1f} | {slope} |")
+    lines.append(f"| {g} | {common.fmt_optima(e, 'L=')} | "
+                 f"{e['argmin_drift_grid_steps']:+.1f} | {common.fmt_slope(e)} |")
   s = res["settings"]
   verdicts = "; ".join(
       f"alpha {g}: " + ("no fit" if "slope" not in e else

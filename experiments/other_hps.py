@@ -65,11 +65,8 @@ def note(res) -> str:
   lines = []
   for hp in ("parameterization.output_mult", "parameterization.init_std"):
     e = res[hp]["groups"]["all"]
-    opts = ", ".join(f"{w}: 2^{v['argmin_log2']:g}" for w, v in e["per_scale"].items()
-                     if v["argmin_log2"] is not None)
-    slope = (f"{e['slope']:+.2f} [{e['slope_ci'][0]:+.2f}, {e['slope_ci'][1]:+.2f}]"
-             if "slope" in e else "no fit")
-    lines.append(f"| {hp.split('.')[1]} | {opts} | {e['argmin_range_grid_steps']:.0f} | {slope} |")
+    lines.append(f"| {hp.split('.')[1]} | {common.fmt_optima(e)} | "
+                 f"{e['argmin_range_grid_steps']:.0f} | {common.fmt_slope(e)} |")
   s = res["settings"]
   parts = []
   for hp in ("parameterization.output_mult", "parameterization.init_std"):

@@ -61,16 +61,10 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   return res
 
 
-def _fmt_opt(g):
-  return ", ".join(f"{w}: 2^{v['argmin_log2']:g}" for w, v in g["per_scale"].items()
-                   if v["argmin_log2"] is not None)
-
-
 def note(res) -> str:
   sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
   fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"
-  s = lambda g: (f"{g['slope']:+.2f} [{g['slope_ci'][0]:+.2f}, {g['slope_ci'][1]:+.2f}]"
-                 if "slope" in g else "no fit")
+  s = common.fmt_slope
   w = res["wider_is_better_at_fixed_lr"]
   wib = lambda g: (f"{sum(w[g]['per_value'].values())} of {len(w[g]['per_value'])}"
                    if w[g]["fraction"] is not None else "n/a")
@@ -93,8 +87,8 @@ Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']} ({res[
 
 | | grid-argmin optimum per width | drift across widths (grid steps of 2×) | slope d log2 lr*/d log2 width (95% CI) | LRs at which every wider model is better |
 | --- | --- | --- | --- | --- |
-| SP | {_fmt_opt(sp) if sp else ''} | {fmt(res['sp_optimum_drift_grid_steps'])} | {s(sp) if sp else ''} | {wib('sp')} |
-| muP | {_fmt_opt(mup) if mup else ''} | range {fmt(res['mup_optimum_range_grid_steps'])} | {s(mup) if mup else ''} | {wib('mup')} |
+| SP | {common.fmt_optima(sp) if sp else ''} | {fmt(res['sp_optimum_drift_grid_steps'])} | {s(sp) if sp else ''} | {wib('sp')} |
+| muP | {common.fmt_optima(mup) if mup else ''} | range {fmt(res['mup_optimum_range_grid_steps'])} | {s(mup) if mup else ''} | {wib('mup')} |
 
 The paper: SP's optimum moves from about 2^-10.5 (width 128) to 2^-16 (width
 8192), a slope near -1 (Adam's LR under SP should fall like 1/width); muP's stays
