@@ -1,0 +1,227 @@
+"""Training-step throughput of the project's own model and step.
+
+    python benchmarks/train_step.py --model transformer --width 256 --depth 4 \
+        --batch 16 --seq 128 [--vmap K] [--dtype bf16] [--torch] [--peak_flops F]
+    python benchmarks/train_step.py --table [--torch] [--out docs/train_step]
+
+Prints one JSON line per configuration: ``tokens_per_s``, ``step_ms`` (median
+of the timed steps after compilation and warm-up), ``mfu`` (model FLOPs per
+second over ``--peak_flops``, when given), ``compile_s`` (first call) and
+``peak_mem_mb`` (device peak on an accelerator, process max RSS on CPU).
+``--vmap K`` times the sweep engine's guarded step over K stacked trials.
+``--torch`` also times a PyTorch model of the same shape and step (pre-norm
+GPT, RMSNorm, GELU MLP, learned positions, untied readout, AdamW) under
+``torch.compile``, from ``requirements-bench.txt``; the two are interleaved
+step by step so both see the same machine state.
+
+Model FLOPs: 6 x (matmul parameters) + 12 x depth x seq x width per token
+(``hptransfer.sweep.flops_per_token``), the same for both frameworks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+TABLE = [  # (width, depth, batch, seq)
+    (128, 4, 32, 256),
+    (256, 4, 16, 128),
+    (512, 8, 8, 512),
+]
+
+
+def jax_step(args):
+  from configs import transformer
+  from hptransfer import build as build_lib
+  from hptransfer import optim
+  from hptransfer import sweep as S
+  from hptransfer import train as train_lib
+  cfg = transformer.get_config()
+  cfg.model.width, cfg.model.depth = args.width, args.depth
+  cfg.model.head_dim = min(args.head_dim, args.width)
+  cfg.model.compute_dtype = "bfloat16" if args.dtype == "bf16" else "float32"
+  cfg.parameterization.base_width = min(cfg.parameterization.base_width, args.width)
+  cfg.train.batch_size, cfg.data.seq_len = args.batch, args.seq
+  cfg.optimizer.name = "adamw"
+  cfg.optimizer.weight_decay = 0.1
+  built = build_lib.build(cfg)
+  rng = np.random.default_rng(0)
+  batch = jnp.asarray(rng.integers(0, 256, (args.batch, args.seq + 1)), jnp.int32)
+  flops = S.flops_per_token(built) * args.batch * args.seq
+  if args.vmap:
+    trials = S.expand(cfg, S.sweep("optimizer.lr", 2.0 ** np.linspace(-12, -6, args.vmap)))
+    builts = [build_lib.build(t.cfg) for t in trials]
+    txs = [optim.build(t.cfg.optimizer, b.leaf_trees(), cfg.train.steps)
+           for t, b in zip(trials, builts)]
+    state = S._init_group(builts, txs, trials)
+    consts = S._stack([b.consts() for b in builts])
+    fn = jax.jit(jax.vmap(S._guarded_step(builts[0], txs[0], cfg), in_axes=(0, 0, None)),
+                 donate_argnums=0)
+    flops *= args.vmap
+  else:
+    tx = optim.build(cfg.optimizer, built.leaf_trees(), cfg.train.steps)
+    state = train_lib.init_state(built, tx, 0)
+    consts = built.consts()
+    fn = jax.jit(train_lib.make_train_step(built, tx, leaf_rms=False), donate_argnums=0)
+  holder = {"s": state}
+
+  def step():
+    holder["s"], out = fn(holder["s"], consts, batch)
+    return out
+  return step, flops, built.num_params()
+
+
+def torch_step(args):
+  import torch
+  from torch import nn
+  torch.manual_seed(0)
+  W, L, T, V = args.width, args.depth, args.seq, 256
+  H = min(args.head_dim, W)
+
+  class Block(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.n1, self.n2 = nn.RMSNorm(W), nn.RMSNorm(W)
+      self.qkv = nn.Linear(W, 3 * W, bias=False)
+      self.out = nn.Linear(W, W, bias=False)
+      self.fc_in = nn.Linear(W, 4 * W, bias=False)
+      self.fc_out = nn.Linear(4 * W, W, bias=False)
+
+    def forward(self, x):
+      B = x.shape[0]
+      q, k, v = self.qkv(self.n1(x)).view(B, T, 3, W // H, H).permute(2, 0, 3, 1, 4)
+      a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+      x = x + self.out(a.transpose(1, 2).reshape(B, T, W))
+      return x + self.fc_out(nn.functional.gelu(self.fc_in(self.n2(x))))
+
+  class GPT(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.tok, self.pos = nn.Embedding(V, W), nn.Embedding(T, W)
+      self.blocks = nn.ModuleList(Block() for _ in range(L))
+      self.norm, self.readout = nn.RMSNorm(W), nn.Linear(W, V, bias=False)
+
+    def forward(self, idx):
+      x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
+      for b in self.blocks:
+        x = b(x)
+      return self.readout(self.norm(x))
+
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  model = GPT().to(dev)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+  compiled = torch.compile(model)
+  data = torch.randint(0, V, (args.batch, T + 1), device=dev)
+  dtype = torch.bfloat16 if args.dtype == "bf16" else None
+
+  def step():
+    with torch.autocast(dev, dtype=dtype, enabled=dtype is not None):
+      logits = compiled(data[:, :-1])
+      loss = nn.functional.cross_entropy(logits.float().reshape(-1, V), data[:, 1:].reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    return loss.item()
+  return step
+
+
+def _peak_mem_mb():
+  dev = jax.local_devices()[0]
+  stats = getattr(dev, "memory_stats", lambda: None)() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2 ** 20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(args) -> list[dict]:
+  runners = {}
+  t0 = time.perf_counter()
+  step, flops, n_params = jax_step(args)
+  jax.block_until_ready(step())
+  compile_s = {"jax": time.perf_counter() - t0}
+  runners["jax"] = lambda: jax.block_until_ready(step())
+  if args.torch:
+    t0 = time.perf_counter()
+    tstep = torch_step(args)
+    tstep()
+    compile_s["torch"] = time.perf_counter() - t0
+    runners["torch"] = tstep
+  for run in runners.values():        # warm-up
+    for _ in range(args.warmup):
+      run()
+  times = {k: [] for k in runners}
+  for _ in range(args.steps):          # interleaved, so both see the same machine
+    for k, run in runners.items():
+      t = time.perf_counter()
+      run()
+      times[k].append(time.perf_counter() - t)
+  out = []
+  K = max(args.vmap, 1)
+  for k, ts in times.items():
+    s = float(np.median(ts))
+    row = {"framework": k, "model": "transformer", "width": args.width, "depth": args.depth,
+           "batch": args.batch, "seq": args.seq, "vmap": args.vmap, "dtype": args.dtype,
+           "params": n_params, "tokens_per_s": K * args.batch * args.seq / s,
+           "step_ms": 1e3 * s, "compile_s": compile_s[k],
+           "mfu": (flops / s / args.peak_flops) if args.peak_flops else None,
+           "model_tflops_per_s": flops / s / 1e12, "peak_mem_mb": _peak_mem_mb(),
+           "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    if k == "torch":
+      import torch
+      row["torch"] = torch.__version__
+    out.append(row)
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--model", default="transformer", choices=["transformer"])
+  ap.add_argument("--width", type=int, default=256)
+  ap.add_argument("--depth", type=int, default=4)
+  ap.add_argument("--head_dim", type=int, default=64)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--seq", type=int, default=128)
+  ap.add_argument("--vmap", type=int, default=0)
+  ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+  ap.add_argument("--torch", action="store_true")
+  ap.add_argument("--peak_flops", type=float, default=0.0)
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--table", action="store_true", help="run the shapes in TABLE")
+  ap.add_argument("--out", default="", help="table mode: write OUT.json and OUT.md")
+  args = ap.parse_args()
+  rows = []
+  shapes = TABLE if args.table else [(args.width, args.depth, args.batch, args.seq)]
+  for w, d, b, t in shapes:
+    args.width, args.depth, args.batch, args.seq = w, d, b, t
+    for r in measure(args):
+      print(json.dumps(r), flush=True)
+      rows.append(r)
+  if args.table:
+    md = ["| framework | width | depth | batch×seq | tokens/s | step ms | compile s | MFU |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+      mfu = "" if r["mfu"] is None else f"{r['mfu']:.1%}"
+      md.append(f"| {r['framework']} | {r['width']} | {r['depth']} | {r['batch']}×{r['seq']} | "
+                f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {r['compile_s']:.1f} | {mfu} |")
+    print("\n".join(md))
+    if args.out:
+      with open(args.out + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+      with open(args.out + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+  main()
