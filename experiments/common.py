@@ -44,6 +44,7 @@ def base_config(p: dict, **fields):
   c.model.head_dim = p["head_dim"]
   c.train.batch_size = p["batch"]
   c.data.seq_len = p["seq"]
+  c.model.compute_dtype = p.get("dtype", "float32")
   if isinstance(p.get("steps"), int) and c.train.steps != p["steps"]:
     set_steps(c, p["steps"])
   for key, value in fields.items():

@@ -30,8 +30,8 @@ PRESETS = {
                  seq=16, base=16, head_dim=8),
     "cpu": dict(widths=[32, 64, 128, 256], lrs=2.0 ** np.arange(-11, -3), steps=200,
                 batch=8, seq=64, base=32, head_dim=16),
-    "gpu": dict(widths=[128, 256, 512, 1024, 2048], lrs=2.0 ** np.arange(-14, -4),
-                steps=1000, batch=32, seq=256, base=128, head_dim=64),
+    "gpu": dict(widths=[128, 256, 512, 1024], lrs=2.0 ** np.arange(-13, -5),
+                steps=500, batch=32, seq=256, base=128, head_dim=64, dtype="bfloat16"),
 }
 
 
