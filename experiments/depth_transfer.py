@@ -39,10 +39,9 @@ def config(p):
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   p = PRESETS[preset]
-  with common.Timer() as t:
-    df = common.run_sweep(config(p), product(
-        sweep("parameterization.alpha", [0.0, 0.5, 1.0]), sweep("model.depth", p["depths"]),
-        sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
+  df = common.run_sweep(config(p), product(
+      sweep("parameterization.alpha", [0.0, 0.5, 1.0]), sweep("model.depth", p["depths"]),
+      sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
   res = common.transfer_analysis(df, "model.depth", "optimizer.lr", "final_train_loss",
                                  "parameterization.alpha", out, NAME)
   res.update({"experiment": NAME, "preset": preset, "sweep_wall_s": common.group_seconds(df),

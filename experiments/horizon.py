@@ -43,8 +43,7 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
     grid += product(*[sweep(f"train.{k}", [c.train[k]]) for k in
                       ("steps", "eval_every", "checkpoint_every", "log_every")],
                     sweep("optimizer.lr", p["lrs"]))
-  with common.Timer() as t:
-    df = common.run_sweep(config(p), grid, workdir, progress=progress)
+  df = common.run_sweep(config(p), grid, workdir, progress=progress)
   df["planned_tokens"] = df["train.steps"] * p["batch"] * p["seq"]
   res = common.transfer_analysis(df, "planned_tokens", "optimizer.lr", "final_train_loss",
                                  None, out, NAME)

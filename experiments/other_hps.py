@@ -41,10 +41,9 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   base = config(p).parameterization
   # The init_std = 1 point is the output_mult = 1 trial: one trial, used twice.
   stds = [v for v in p["init_stds"] if v != base.init_std]
-  with common.Timer() as t:
-    df = common.run_sweep(config(p), product(widths, sweep(
-        "parameterization.output_mult", p["output_mults"])) + product(widths, sweep(
-            "parameterization.init_std", stds)), workdir, progress=progress)
+  df = common.run_sweep(config(p), product(widths, sweep(
+      "parameterization.output_mult", p["output_mults"])) + product(widths, sweep(
+          "parameterization.init_std", stds)), workdir, progress=progress)
   res = {"experiment": NAME, "preset": preset, "sweep_wall_s": common.group_seconds(df),
          "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
          "machine": common.machine()}
