@@ -153,6 +153,12 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic
   curves = build_curves(df, scales, hp, metric, group, diverged_col)
   optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
                                level=level, band_tol=band_tol, warn=warn)
+  return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level)
+
+
+def fit_rules(curves, optima, boots, scales, hp, targets=None, primary="quadratic",
+              level=0.95) -> list[dict]:
+  """One rule per group from an ``optima_table`` (its primary estimator)."""
   groups = sorted({g for g, _ in curves})
   rules = []
   for g in groups:
@@ -184,7 +190,7 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic
     entry["validation"] = _leave_largest_out(curves, prim, boots, g, scales, primary, level)
     entry["_rule"] = rule
     rules.append(entry)
-  return curves, optima, rules
+  return rules
 
 
 def _leave_largest_out(curves, prim, boots, g, scales, primary, level):

@@ -165,8 +165,7 @@ def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, o
                                    warn=warnings.append)
   rules, error = [], None
   try:
-    _, _, rules = fit.analyze(df, [scale], hp, metric, group, n_boot=n_boot,
-                              estimators=("argmin", "quadratic"), warn=lambda m: None)
+    rules = fit.fit_rules(curves, optima, boots, [scale], hp, primary="quadratic")
   except AnalysisError as e:
     error = str(e)
   fit.plot_loss_vs_hp(curves, optima, os.path.join(out, f"{prefix}_loss_vs_hp.png"), hp,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from typing import Any
 
 import jax
@@ -63,8 +64,7 @@ class Built:
     return [leaf.row() for leaf in self.table.values()]
 
   def num_params(self) -> int:
-    return sum(int(jnp.prod(jnp.array(l.shape))) if l.shape else 1
-               for l in self.table.values())
+    return sum(math.prod(l.shape) for l in self.table.values())
 
 
 # Leaf shapes per (model config, width): tracing a Flax init is the slow part
