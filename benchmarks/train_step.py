@@ -2,13 +2,18 @@
 
     python benchmarks/train_step.py --model transformer --width 256 --depth 4 \
         --batch 16 --seq 128 [--vmap K] [--dtype bf16] [--torch] [--peak_flops F]
-    python benchmarks/train_step.py --table [--torch] [--out docs/train_step]
+    python benchmarks/train_step.py --table [cpu|gpu] [--torch] [--out docs/train_step]
 
 Prints one JSON line per configuration: ``tokens_per_s``, ``step_ms`` (median
 of the timed steps after compilation and warm-up), ``mfu`` (model FLOPs per
 second over ``--peak_flops``, when given), ``compile_s`` (first call) and
 ``peak_mem_mb`` (device peak on an accelerator, process max RSS on CPU).
-``--vmap K`` times the sweep engine's guarded step over K stacked trials.
+``--vmap K`` times the sweep engine's guarded step over K stacked trials
+(``--vmap 1``: the same step for one trial).  ``--attention cudnn`` uses
+cuDNN's fused attention (GPU, bf16).  ``--ceiling`` first times one large
+matmul, the practical peak the MFU is read against.  On CUDA the torch model is
+compiled with ``mode="reduce-overhead"`` (CUDA graphs) and uses fused AdamW.
+Peak memory is the process's running peak, so in table mode it only grows.
 ``--torch`` also times a PyTorch model of the same shape and step (pre-norm
 GPT, RMSNorm, GELU MLP, learned positions, untied readout, AdamW) under
 ``torch.compile``, from ``requirements-bench.txt``; the two are interleaved
@@ -32,11 +37,22 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-TABLE = [  # (width, depth, batch, seq)
-    (128, 4, 32, 256),
-    (256, 4, 16, 128),
-    (512, 8, 8, 512),
-]
+# Table mode: the shapes of issue 6.  Each row may override any flag below.
+TABLES = {
+    "cpu": [
+        dict(width=128, depth=4, batch=32, seq=256),
+        dict(width=256, depth=4, batch=16, seq=128),
+        dict(width=512, depth=8, batch=8, seq=512),
+    ],
+    "gpu": [
+        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="cudnn"),
+        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="xla",
+             torch=False),
+        dict(width=128, depth=4, batch=32, seq=256),
+        dict(width=128, depth=4, batch=32, seq=256, vmap=1, torch=False),
+        dict(width=128, depth=4, batch=32, seq=256, vmap=32, torch=False),
+    ],
+}
 
 
 def jax_step(args):
@@ -49,6 +65,7 @@ def jax_step(args):
   cfg.model.width, cfg.model.depth = args.width, args.depth
   cfg.model.head_dim = min(args.head_dim, args.width)
   cfg.model.compute_dtype = "bfloat16" if args.dtype == "bf16" else "float32"
+  cfg.model.attention = args.attention
   cfg.parameterization.base_width = min(cfg.parameterization.base_width, args.width)
   cfg.train.batch_size, cfg.data.seq_len = args.batch, args.seq
   cfg.optimizer.name = "adamw"
@@ -117,9 +134,13 @@ def torch_step(args):
       return self.readout(self.norm(x))
 
   dev = "cuda" if torch.cuda.is_available() else "cpu"
+  if dev == "cuda":
+    torch.cuda.reset_peak_memory_stats()
   model = GPT().to(dev)
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-  compiled = torch.compile(model)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1,
+                          fused=dev == "cuda")
+  mode = args.torch_mode or ("reduce-overhead" if dev == "cuda" else "default")
+  compiled = torch.compile(model, mode=mode)
   data = torch.randint(0, V, (args.batch, T + 1), device=dev)
   dtype = torch.bfloat16 if args.dtype == "bf16" else None
 
@@ -136,7 +157,11 @@ def torch_step(args):
   return step
 
 
-def _peak_mem_mb():
+def _peak_mem_mb(framework="jax"):
+  if framework == "torch":
+    import torch
+    if torch.cuda.is_available():
+      return torch.cuda.max_memory_allocated() / 2 ** 20
   dev = jax.local_devices()[0]
   stats = getattr(dev, "memory_stats", lambda: None)() or {}
   if "peak_bytes_in_use" in stats:
@@ -151,7 +176,7 @@ def measure(args) -> list[dict]:
   jax.block_until_ready(step())
   compile_s = {"jax": time.perf_counter() - t0}
   runners["jax"] = lambda: jax.block_until_ready(step())
-  if args.torch:
+  if args.torch and not args.vmap:
     t0 = time.perf_counter()
     tstep = torch_step(args)
     tstep()
@@ -175,13 +200,48 @@ def measure(args) -> list[dict]:
            "params": n_params, "tokens_per_s": K * args.batch * args.seq / s,
            "step_ms": 1e3 * s, "compile_s": compile_s[k],
            "mfu": (flops / s / args.peak_flops) if args.peak_flops else None,
-           "model_tflops_per_s": flops / s / 1e12, "peak_mem_mb": _peak_mem_mb(),
+           "model_tflops_per_s": flops / s / 1e12, "peak_mem_mb": _peak_mem_mb(k),
+           "head_dim": min(args.head_dim, args.width),
+           "attention": args.attention if k == "jax" else "sdpa",
            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
     if k == "torch":
       import torch
       row["torch"] = torch.__version__
     out.append(row)
   return out
+
+
+def matmul_ceiling(args) -> dict:
+  """TFLOP/s of one large matmul in the benchmark's dtype: the machine's
+  ceiling that MFU is read against."""
+  n = 8192 if jax.default_backend() == "gpu" else 2048
+  dt = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), dt)
+  b = jax.random.normal(kb, (n, n), dt)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, b))
+  ts = []
+  for _ in range(10):
+    t = time.perf_counter()
+    jax.block_until_ready(f(a, b))
+    ts.append(time.perf_counter() - t)
+  s = float(np.median(ts))
+  return {"matmul": n, "dtype": args.dtype, "tflops_per_s": 2 * n ** 3 / s / 1e12,
+          "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+
+
+def markdown(rows) -> str:
+  md = ["| framework | width | depth | head dim | batch×seq | vmap | attention | tokens/s | "
+        "step ms | compile s | MFU | peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    mfu = "" if r["mfu"] is None else f"{r['mfu']:.1%}"
+    md.append(f"| {r['framework']} | {r['width']} | {r['depth']} | {r['head_dim']} | "
+              f"{r['batch']}×{r['seq']} | {r['vmap'] or ''} | {r['attention']} | "
+              f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.2f} | {r['compile_s']:.1f} | {mfu} | "
+              f"{r['peak_mem_mb']:,.0f} |")
+  return "\n".join(md)
 
 
 def main():
@@ -194,33 +254,45 @@ def main():
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--vmap", type=int, default=0)
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+  ap.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
   ap.add_argument("--torch", action="store_true")
+  ap.add_argument("--torch_mode", default="",
+                  help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
   ap.add_argument("--peak_flops", type=float, default=0.0)
+  ap.add_argument("--ceiling", action="store_true", help="also time one large matmul")
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--warmup", type=int, default=3)
-  ap.add_argument("--table", action="store_true", help="run the shapes in TABLE")
+  ap.add_argument("--table", nargs="?", const="cpu", default="", choices=["", *TABLES],
+                  help="run the shapes of TABLES[name] (default cpu)")
   ap.add_argument("--out", default="", help="table mode: write OUT.json and OUT.md")
   args = ap.parse_args()
   rows = []
-  shapes = TABLE if args.table else [(args.width, args.depth, args.batch, args.seq)]
-  for w, d, b, t in shapes:
-    args.width, args.depth, args.batch, args.seq = w, d, b, t
-    for r in measure(args):
+  if args.ceiling:
+    print(json.dumps(matmul_ceiling(args)), flush=True)
+  shapes = TABLES[args.table] if args.table else [{}]
+  base = vars(args).copy()
+  for shape in shapes:
+    run_args = argparse.Namespace(**{**base, **shape})
+    run_args.torch = base["torch"] and shape.get("torch", True)
+    try:
+      measured = measure(run_args)
+    except Exception as e:  # noqa: BLE001 - a table keeps the rows that ran
+      if not args.table:
+        raise
+      print(json.dumps({"error": f"{type(e).__name__}: {str(e)[:500]}", **shape}), flush=True)
+      continue
+    for r in measured:
       print(json.dumps(r), flush=True)
       rows.append(r)
+      if args.out:        # rewrite after every row: a killed run keeps what it measured
+        with open(args.out + ".json", "w") as f:
+          json.dump(rows, f, indent=1)
   if args.table:
-    md = ["| framework | width | depth | batch×seq | tokens/s | step ms | compile s | MFU |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-      mfu = "" if r["mfu"] is None else f"{r['mfu']:.1%}"
-      md.append(f"| {r['framework']} | {r['width']} | {r['depth']} | {r['batch']}×{r['seq']} | "
-                f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {r['compile_s']:.1f} | {mfu} |")
-    print("\n".join(md))
+    md = markdown(rows)
+    print(md)
     if args.out:
-      with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
       with open(args.out + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
+        f.write(md + "\n")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ PRESETS = {
     "tiny": dict(widths=[16, 32], steps=1, seeds=1, batch=2, seq=16, adam_lr=0.02, sgd_lr=0.1),
     "cpu": dict(widths=[64, 128, 256, 512, 1024], steps=3, seeds=2, batch=8, seq=32,
                 adam_lr=0.02, sgd_lr=1.0),
-    "gpu": dict(widths=[256, 512, 1024, 2048, 4096, 8192], steps=4, seeds=3, batch=32,
+    "gpu": dict(widths=[256, 512, 1024, 2048, 4096], steps=4, seeds=2, batch=16,
                 seq=256, adam_lr=0.01, sgd_lr=0.1),
 }
 

@@ -26,7 +26,7 @@ PRESETS = {
     "cpu": dict(depths=[2, 4, 8, 16], lrs=2.0 ** np.arange(-10, -2), width=32, steps=100,
                 batch=8, seq=32, head_dim=16),
     "gpu": dict(depths=[2, 4, 8, 16], lrs=2.0 ** np.arange(-12, -4), width=256,
-                steps=500, batch=32, seq=256, head_dim=64, dtype="bfloat16"),
+                steps=300, batch=16, seq=256, head_dim=64, dtype="bfloat16"),
 }
 
 

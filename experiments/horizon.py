@@ -21,8 +21,8 @@ PRESETS = {
                  head_dim=8),
     "cpu": dict(steps=[50, 100, 200, 400], lrs=2.0 ** np.arange(-11, -2), width=64,
                 batch=8, seq=64, head_dim=16),
-    "gpu": dict(steps=[250, 500, 1000, 2000], lrs=2.0 ** np.arange(-12, -3), width=256,
-                batch=32, seq=256, head_dim=64, dtype="bfloat16"),
+    "gpu": dict(steps=[125, 250, 500, 1000], lrs=2.0 ** np.arange(-12, -3), width=256,
+                batch=16, seq=256, head_dim=64, dtype="bfloat16"),
 }
 
 

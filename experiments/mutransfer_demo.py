@@ -30,8 +30,8 @@ PRESETS = {
                  batch=2, seq=16, head_dim=8, base=16),
     "cpu": dict(proxies=[32, 64], target=256, lrs=2.0 ** np.arange(-11, -3), steps=200,
                 batch=8, seq=64, head_dim=16, base=32),
-    "gpu": dict(proxies=[128, 256], target=1024, lrs=2.0 ** np.arange(-13, -5), steps=500,
-                batch=32, seq=256, head_dim=64, base=128, dtype="bfloat16"),
+    "gpu": dict(proxies=[128, 256], target=1024, lrs=2.0 ** np.arange(-13, -5), steps=300,
+                batch=16, seq=256, head_dim=64, base=128, dtype="bfloat16"),
 }
 
 

@@ -24,7 +24,7 @@ PRESETS = {
                 init_stds=2.0 ** np.arange(-4, 4), steps=200, batch=8, seq=64, head_dim=16,
                 lr=2.0 ** -7),
     "gpu": dict(widths=[128, 256, 512, 1024], output_mults=2.0 ** np.arange(-5, 5),
-                init_stds=2.0 ** np.arange(-4, 4), steps=500, batch=32, seq=256,
+                init_stds=2.0 ** np.arange(-4, 4), steps=300, batch=16, seq=256,
                 head_dim=64, lr=2.0 ** -8, dtype="bfloat16"),
 }
 

@@ -31,7 +31,7 @@ PRESETS = {
     "cpu": dict(widths=[32, 64, 128, 256], lrs=2.0 ** np.arange(-11, -3), steps=200,
                 batch=8, seq=64, base=32, head_dim=16),
     "gpu": dict(widths=[128, 256, 512, 1024], lrs=2.0 ** np.arange(-13, -5),
-                steps=500, batch=32, seq=256, base=128, head_dim=64, dtype="bfloat16"),
+                steps=300, batch=16, seq=256, base=128, head_dim=64, dtype="bfloat16"),
 }
 
 

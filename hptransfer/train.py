@@ -18,6 +18,7 @@ would.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -40,7 +41,7 @@ def versions() -> dict[str, str]:
   import flax
   import orbax.checkpoint as ocp
   return {"python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+          "jaxlib": importlib.metadata.version("jaxlib"),
           "flax": flax.__version__, "optax": optax.__version__,
           "orbax": ocp.__version__, "numpy": np.__version__,
           "device": str(jax.devices()[0].device_kind), "platform": platform.platform()}

@@ -22,7 +22,8 @@ def build(cfg, width: int | None = None, depth: int | None = None):
     return Transformer(vocab_size=vocab, seq_len=cfg.data.seq_len, width=width,
                        depth=depth, head_dim=m.head_dim, mlp_ratio=m.mlp_ratio,
                        norm=m.norm, activation=m.activation, use_bias=m.use_bias,
-                       qk_norm=m.qk_norm, dtype=dtype)
+                       qk_norm=m.qk_norm, dtype=dtype,
+                       attention=m.get("attention", "xla"))
   if m.name == "mlp":
     return MLP(vocab_size=vocab, width=width, depth=depth, context=m.context,
                activation=m.activation, use_bias=m.use_bias,

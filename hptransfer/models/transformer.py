@@ -31,6 +31,7 @@ class Attention(nn.Module):
   use_bias: bool
   qk_norm: bool
   dtype: Any
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x_BxTxD, attn_scale):
@@ -48,7 +49,8 @@ class Attention(nn.Module):
     # over it); cuDNN's fused kernel then runs with scale 1.
     q_BxTxNxH = q_BxTxNxH * jnp.asarray(attn_scale, q_BxTxNxH.dtype)
     o_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0, is_causal=True)
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0, is_causal=True,
+        implementation=self.attention)
     return dense("out")(o_BxTxNxH.reshape(B, T, N * H))
 
 
@@ -77,12 +79,13 @@ class Block(nn.Module):
   use_bias: bool
   qk_norm: bool
   dtype: Any
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x_BxTxD, attn_scale, branch_mult):
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm1")(x_BxTxD)
     a_BxTxD = Attention(self.width, self.head_dim, self.use_bias, self.qk_norm,
-                        self.dtype, name="attn")(h, attn_scale)
+                        self.dtype, self.attention, name="attn")(h, attn_scale)
     self.sow("intermediates", "attn_out", a_BxTxD)
     x_BxTxD = x_BxTxD + branch_mult * a_BxTxD
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm2")(x_BxTxD)
@@ -104,6 +107,7 @@ class Transformer(nn.Module):
   use_bias: bool = False
   qk_norm: bool = False
   dtype: Any = jnp.float32   # compute dtype; params are always float32
+  attention: str = "xla"     # xla | cudnn (fused flash attention; GPU, bf16/fp16)
 
   @nn.compact
   def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
@@ -118,7 +122,7 @@ class Transformer(nn.Module):
     for i in range(self.depth):
       x_BxTxD = Block(self.width, self.head_dim, int(self.mlp_ratio * self.width),
                       self.norm, self.activation, self.use_bias, self.qk_norm,
-                      self.dtype, name=f"block_{i}")(x_BxTxD, attn_scale, branch_mult)
+                      self.dtype, self.attention, name=f"block_{i}")(x_BxTxD, attn_scale, branch_mult)
     x_BxTxD = make_norm(self.norm, self.use_bias, self.dtype, "final_norm")(x_BxTxD)
     logits_BxTxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
                             dtype=self.dtype, name="readout")(x_BxTxD)

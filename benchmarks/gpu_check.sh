@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The one prepared run for a lent GPU: everything in issues 5 and 6 that needs
+# a GPU, in priority order, each stage under its own time limit, the results
+# packed after every stage so a run cut short still returns what it measured.
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [BUDGET_SECONDS=540]
+#
+# Writes $OUT/results.tgz (bench/, exp/<name>/, logs/) and $OUT/summary.txt.
+# On the workplace's device machine the Python there holds jax, flax, optax,
+# orbax and torch but not ml_collections: carry it as a wheel in .whl/base
+# (see docs/performance.md).  If the machine's own flax/optax/orbax do not
+# work with this code, the pinned ones in .whl/pinned are installed and the
+# smoke test is run again.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_check}
+BUDGET=${1:-540}
+W=${W:-/tmp/hpt_gpu}
+mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
+export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
+PY=${PY:-python3}
+T0=$(date +%s)
+SUMMARY=$W/summary.txt
+: > "$SUMMARY"
+
+pack() {
+  tar czf "$OUT/results.tgz" -C "$W" summary.txt logs bench exp \
+      $(cd "$W" && ls work/*/results.jsonl 2>/dev/null) 2>/dev/null
+  cp "$SUMMARY" "$OUT/summary.txt"
+}
+
+stage() {   # stage NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - T0) ))
+  if (( left < 15 )); then echo "$name: skipped, budget spent" | tee -a "$SUMMARY"; return 1; fi
+  (( limit > left )) && limit=$left
+  local s; s=$(date +%s)
+  timeout -k 5 "$limit" "$@" > "$W/logs/$name.log" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc in $(( $(date +%s) - s )) s (limit $limit s)" | tee -a "$SUMMARY"
+  pack
+  return $rc
+}
+
+# --- 0. environment and a smoke test -------------------------------------------------
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())"
+  $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+} > "$W/logs/env.log" 2>&1
+cat "$W/logs/env.log" | tee -a "$SUMMARY"
+mkdir -p /tmp/site
+if ls .whl/base/*.whl > /dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/base/*.whl && export PYTHONPATH=/tmp/site
+fi
+SMOKE=(
+  $PY benchmarks/train_step.py --width 128 --depth 2 --batch 4 --seq 128 --head_dim 64
+  --dtype bf16 --vmap 2 --steps 2 --warmup 1)
+if ! stage smoke 120 "${SMOKE[@]}"; then
+  tail -20 "$W/logs/smoke.log"
+  if ls .whl/pinned/*.whl > /dev/null 2>&1; then
+    echo "smoke failed with the machine's packages: installing the pinned ones" | tee -a "$SUMMARY"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/pinned/*.whl
+    export PYTHONPATH=/tmp/site
+    stage smoke_pinned 120 "${SMOKE[@]}" || { tail -30 "$W/logs/smoke_pinned.log"; exit 1; }
+  else
+    exit 1
+  fi
+fi
+tail -2 "$W/logs/smoke"*.log
+
+# --- 1. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
+stage bench 200 $PY benchmarks/train_step.py --table gpu --dtype bf16 --torch --ceiling \
+    --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_gpu"
+cat "$W/bench/train_step_gpu.md" 2>/dev/null; grep '"matmul"' "$W/logs/bench.log"
+
+# --- 2. the figure reproductions' GPU presets --------------------------------------------
+for spec in tp5_fig1:110 mutransfer_demo:70 coord_check_fig:80 depth_transfer:100 \
+            other_hps:80 horizon:60; do
+  name=${spec%%:*}; limit=${spec##*:}
+  stage "$name" "$limit" $PY "experiments/$name.py" --preset gpu \
+      --workdir "$W/work/$name" --out "$W/exp/$name"
+  tail -4 "$W/logs/$name.log"
+done
+
+# --- 3. compilation cache, first run against second --------------------------------------
+stage compile_cache 90 $PY benchmarks/compile_cache.py --steps 20 \
+    --out "$W/bench/compile_cache_gpu.json"
+tail -3 "$W/logs/compile_cache.log"
+
+echo "total $(( $(date +%s) - T0 )) s" | tee -a "$SUMMARY"
+pack
