@@ -72,7 +72,7 @@ fi
 tail -2 "$W/logs/smoke"*.log
 
 # --- 1. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
-stage bench 200 $PY benchmarks/train_step.py --table gpu --dtype bf16 --torch --ceiling \
+stage bench 240 $PY benchmarks/train_step.py --table gpu --dtype bf16 --torch --ceiling \
     --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_gpu"
 cat "$W/bench/train_step_gpu.md" 2>/dev/null; grep '"matmul"' "$W/logs/bench.log"
 

@@ -45,12 +45,12 @@ TABLES = {
         dict(width=512, depth=8, batch=8, seq=512),
     ],
     "gpu": [
-        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="cudnn"),
-        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="xla",
-             torch=False),
         dict(width=128, depth=4, batch=32, seq=256),
         dict(width=128, depth=4, batch=32, seq=256, vmap=1, torch=False),
         dict(width=128, depth=4, batch=32, seq=256, vmap=32, torch=False),
+        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="cudnn"),
+        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="xla",
+             torch=False),
     ],
 }
 
