@@ -4,6 +4,11 @@
 # packed after every stage so a run cut short still returns what it measured.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [BUDGET_SECONDS=540]
+#   STAGES="bench tp5_fig1" TABLE=gpu_mfu OUT=/tmp/gpu bash benchmarks/gpu_check.sh 250
+#
+# STAGES picks stages (default: all, in the order below); TABLE the
+# benchmark table.  A folder .gpu_prev/work/<experiment>/results.jsonl (from an
+# earlier, cut-short run) is copied in first, so a sweep resumes there.
 #
 # Writes $OUT/results.tgz (bench/, exp/<name>/, logs/) and $OUT/summary.txt.
 # On the workplace's device machine the Python there holds jax, flax, optax,
@@ -19,6 +24,10 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
+STAGES=" ${STAGES:-smoke bench tp5_fig1 mutransfer_demo coord_check_fig depth_transfer other_hps horizon compile_cache} "
+TABLE=${TABLE:-gpu}
+want() { [[ "$STAGES" == *" $1 "* ]]; }
+[[ -d .gpu_prev/work ]] && cp -r .gpu_prev/work/. "$W/work/"
 T0=$(date +%s)
 SUMMARY=$W/summary.txt
 : > "$SUMMARY"
@@ -57,7 +66,7 @@ fi
 SMOKE=(
   $PY benchmarks/train_step.py --width 128 --depth 2 --batch 4 --seq 128 --head_dim 64
   --dtype bf16 --vmap 2 --steps 2 --warmup 1)
-if ! stage smoke 120 "${SMOKE[@]}"; then
+if want smoke && ! stage smoke 120 "${SMOKE[@]}"; then
   tail -20 "$W/logs/smoke.log"
   if ls .whl/pinned/*.whl > /dev/null 2>&1; then
     echo "smoke failed with the machine's packages: installing the pinned ones" | tee -a "$SUMMARY"
@@ -69,24 +78,25 @@ if ! stage smoke 120 "${SMOKE[@]}"; then
     exit 1
   fi
 fi
-tail -2 "$W/logs/smoke"*.log
+tail -2 "$W/logs/smoke"*.log 2>/dev/null
 
 # --- 1. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
-stage bench 240 $PY benchmarks/train_step.py --table gpu --dtype bf16 --torch --ceiling \
-    --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_gpu"
-cat "$W/bench/train_step_gpu.md" 2>/dev/null; grep '"matmul"' "$W/logs/bench.log"
+want bench && stage bench 240 $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
+    --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_$TABLE"
+cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log"
 
 # --- 2. the figure reproductions' GPU presets --------------------------------------------
 for spec in tp5_fig1:110 mutransfer_demo:70 coord_check_fig:80 depth_transfer:100 \
             other_hps:80 horizon:60; do
   name=${spec%%:*}; limit=${spec##*:}
+  want "$name" || continue
   stage "$name" "$limit" $PY "experiments/$name.py" --preset gpu \
       --workdir "$W/work/$name" --out "$W/exp/$name"
   tail -4 "$W/logs/$name.log"
 done
 
 # --- 3. compilation cache, first run against second --------------------------------------
-stage compile_cache 90 $PY benchmarks/compile_cache.py --steps 20 \
+want compile_cache && stage compile_cache 90 $PY benchmarks/compile_cache.py --steps 20 \
     --out "$W/bench/compile_cache_gpu.json"
 tail -3 "$W/logs/compile_cache.log"
 

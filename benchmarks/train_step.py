@@ -52,6 +52,11 @@ TABLES = {
         dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="xla",
              torch=False),
     ],
+    "gpu_mfu": [   # the large rows of "gpu" alone
+        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="cudnn"),
+        dict(width=2048, depth=8, batch=8, seq=1024, head_dim=128, attention="xla",
+             torch=False),
+    ],
 }
 
 
@@ -66,7 +71,9 @@ def jax_step(args):
   cfg.model.head_dim = min(args.head_dim, args.width)
   cfg.model.compute_dtype = "bfloat16" if args.dtype == "bf16" else "float32"
   cfg.model.attention = args.attention
-  cfg.parameterization.base_width = min(cfg.parameterization.base_width, args.width)
+  # Base shape: at most the width, and a whole number of heads.
+  cfg.parameterization.base_width = max(cfg.model.head_dim,
+                                        min(cfg.parameterization.base_width, args.width))
   cfg.train.batch_size, cfg.data.seq_len = args.batch, args.seq
   cfg.optimizer.name = "adamw"
   cfg.optimizer.weight_decay = 0.1
