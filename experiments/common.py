@@ -25,12 +25,22 @@ from hptransfer import results as results_lib  # noqa: E402
 from hptransfer import sweep as sweep_lib  # noqa: E402
 
 
+ANALYZE_ONLY = False   # --analyze_only: fit and plot the rows a workdir holds
+_ROWS: dict = {}       # what the last run_sweep's rows say: device, versions, completeness
+
+
 def parse(name: str, presets: dict, argv=None):
   ap = argparse.ArgumentParser(description=f"reproduce {name}")
   ap.add_argument("--preset", default="cpu", choices=sorted(presets))
   ap.add_argument("--workdir", default=None, help="sweep directory (default runs/<name>_<preset>)")
   ap.add_argument("--out", default=None, help="figures, JSON, note (default <workdir>/out)")
+  ap.add_argument("--analyze_only", action="store_true",
+                  help="train nothing: analyze the trials already in --workdir (e.g. rows "
+                       "copied back from a GPU run that was cut short); the note says "
+                       "how many of the preset's trials they are")
   a = ap.parse_args(argv)
+  global ANALYZE_ONLY
+  ANALYZE_ONLY = a.analyze_only
   a.workdir = a.workdir or os.path.join("runs", f"{name}_{a.preset}")
   a.out = a.out or os.path.join(a.workdir, "out")
   return a
@@ -64,10 +74,17 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
   """Run (or resume) a sweep; returns the results DataFrame of these trials."""
   cli.quiet_logs()
   trials = sweep_lib.expand(base_cfg, overrides)
-  sweep_lib.run(base_cfg, overrides, workdir, progress=progress, **kw)
+  if not ANALYZE_ONLY:
+    sweep_lib.run(base_cfg, overrides, workdir, progress=progress, **kw)
   ids = {t.id for t in trials}
   df = results_lib.load(workdir)
-  return df[df.trial_id.isin(ids)].reset_index(drop=True)
+  df = df[df.trial_id.isin(ids)].reset_index(drop=True)
+  if not len(df):
+    raise SystemExit(f"{workdir} holds none of this preset's {len(ids)} trials")
+  _ROWS.update(device=str(df.device.iloc[0]),
+               jax=str(df.versions.iloc[0].get("jax", "")) if isinstance(df.versions.iloc[0], dict) else "",
+               complete=len(df) == len(ids), n=len(df), of=len(ids))
+  return df
 
 
 def fmt_optima(entry: dict, prefix: str = "") -> str:
@@ -102,10 +119,19 @@ def wider_is_better(df, hp: str, metric: str, group_col: str, group) -> dict:
 
 
 def machine() -> dict:
+  """Where the numbers were computed: the device the sweep's rows name (they
+  may come from another machine, see --analyze_only), else this one.
+  ``where`` is the phrase the notes print."""
   import jax
-  return {"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "platform": platform.platform()}
+  device = _ROWS.get("device") or jax.devices()[0].device_kind
+  jax_version = _ROWS.get("jax") or jax.__version__
+  out = {"device": device, "cpus": os.cpu_count(), "python": platform.python_version(),
+         "jax": jax_version, "platform": platform.platform()}
+  out["where"] = (f"{device} ({out['cpus']} CPUs)" if device == "cpu"
+                  else f"one {device} (jax {jax_version})")
+  if _ROWS and not _ROWS["complete"]:
+    out["partial"] = f"{_ROWS['n']} of the preset's {_ROWS['of']} trials"
+  return out
 
 
 def write_json(out: str, name: str, payload: dict) -> str:
@@ -128,6 +154,10 @@ def _default(o):
 
 def write_note(out: str, name: str, text: str) -> str:
   path = os.path.join(out, f"{name}.md")
+  if _ROWS and not _ROWS["complete"]:
+    text += (f"\n**Partial run:** these numbers use {_ROWS['n']} of the preset's "
+             f"{_ROWS['of']} trials; the others never ran (the settings above list "
+             "what the preset asks for, not what ran).\n")
   with open(path, "w") as f:
     f.write(text)
   return path

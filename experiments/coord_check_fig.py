@@ -124,7 +124,7 @@ readout (`parameterization.zero_init_readout`) removes that term.  With SGD at
 this large LR the narrowest muP models are still far from the limit: look at
 the last column, the growth over the wider half of the widths, where muP
 flattens and SP keeps growing.  Took {res['wall_s']:.0f} s on
-{res['machine']['device']} ({res['machine']['cpus']} CPUs).
+{res['machine']['where']}.
 """
 
 

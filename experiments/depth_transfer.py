@@ -78,7 +78,7 @@ muP at width {s['width']}, depths {s['depths']} (base depth {s['depths'][0]}), A
 
 CompleteP (Dey et al. 2025) reports a depth-stable optimum at alpha = 1 and a
 drifting one at alpha = 0.  Here: {verdicts}.  Sweep wall time {res['sweep_wall_s']:.0f} s on
-{res['machine']['device']} ({res['machine']['cpus']} CPUs).
+{res['machine']['where']}.
 {'' if res['fit_error'] is None else 'Fit: ' + res['fit_error']}
 {chr(10).join('Warning: ' + w for w in res['warnings'])}
 """

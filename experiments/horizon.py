@@ -86,7 +86,7 @@ Fitted lr* ∝ D^-beta: beta = {beta}.
 
 Bjorck et al. (2024) report beta ≈ 0.3 for LLaMA-style models over 10^8–10^10
 tokens; these horizons are {lo:.2g}–{hi:.2g} bytes. {verdict}
-Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']}.
+Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['where']}.
 {chr(10).join('Warning: ' + w for w in res['warnings'])}
 """
 

@@ -147,7 +147,7 @@ SP carries its best widest-proxy LR, {res['sp_carried_lr']:.4g}, unchanged.
 | SP, carried LR | {res['sp_carried_lr']:.4g} | {fmt(s['final_train_loss'])} | {fmt(s['final_eval_loss'])} |
 
 Proxy sweep {res['proxy_wall_s']:.0f} s, target runs {res['target_wall_s']:.0f} s on
-{res['machine']['device']} ({res['machine']['cpus']} CPUs).
+{res['machine']['where']}.
 """
 
 

@@ -91,7 +91,7 @@ muP, Adam at LR {s['lr']:g}, widths {s['widths']} (base {s['widths'][0]}), {s['s
 {chr(10).join(lines)}
 
 Tensor Programs V (Fig. 4) reports both optima stable across width under muP.
-Here: {verdict}  Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']}.
+Here: {verdict}  Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['where']}.
 """
 
 

@@ -83,7 +83,7 @@ def note(res) -> str:
 Training loss (mean over the last 10% of steps) against log2 LR, Adam, widths
 {res['settings']['widths']}, base width {res['settings']['base']}, {res['settings']['steps']} steps of
 {res['settings']['batch']}×{res['settings']['seq']} bytes of the embedded corpus, one seed.
-Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['device']} ({res['machine']['cpus']} CPUs).
+Sweep wall time {res['sweep_wall_s']:.0f} s on {res['machine']['where']}.
 
 | | grid-argmin optimum per width | drift across widths (grid steps of 2×) | slope d log2 lr*/d log2 width (95% CI) | LRs at which every wider model is better |
 | --- | --- | --- | --- | --- |
