@@ -101,6 +101,8 @@ def jax_step(args):
   def step():
     holder["s"], out = fn(holder["s"], consts, batch)
     return out
+  # The optimized HLO, for benchmarks/profile_step.py --hlo.
+  step.compiled_text = lambda: fn.lower(holder["s"], consts, batch).compile().as_text()
   return step, flops, built.num_params()
 
 
