@@ -263,7 +263,7 @@ def main():
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--vmap", type=int, default=0)
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-  ap.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
+  ap.add_argument("--attention", default="xla", choices=["xla", "blocked", "cudnn"])
   ap.add_argument("--torch", action="store_true")
   ap.add_argument("--torch_mode", default="",
                   help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")

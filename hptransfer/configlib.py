@@ -51,7 +51,9 @@ def validate(cfg) -> None:
   if m.name == "transformer":
     _one_of(m.norm, ("rmsnorm", "layernorm"), "model.norm")
     _positive_int(m.head_dim, "model.head_dim")
-    _one_of(m.get("attention", "xla"), ("xla", "cudnn"), "model.attention")
+    _one_of(m.get("attention", "xla"), ("xla", "blocked", "cudnn"), "model.attention")
+    if m.get("attention", "xla") == "blocked":
+      _positive_int(m.get("attention_block", 64), "model.attention_block")
     if m.get("attention", "xla") == "cudnn" and m.compute_dtype == "float32":
       raise ConfigError("model.attention='cudnn' needs a 16-bit compute dtype: set "
                         "--config.model.compute_dtype=bfloat16 or model.attention='xla'")

@@ -101,6 +101,9 @@ def test_wider_is_better_under_mup(tmp_path):
     ({"optimizer.schedule": "cosin"}, "optimizer.schedule"),
     ({"parameterization.alpha": 2.0}, "parameterization.alpha"),
     ({"optimizer.name": "adam", "optimizer.weight_decay": 0.1}, "optimizer.weight_decay"),
+    ({"model.attention": "flash"}, "model.attention"),
+    ({"model.attention": "cudnn"}, "model.attention"),      # needs a 16-bit dtype
+    ({"model.attention": "blocked", "model.attention_block": 0}, "model.attention_block"),
 ])
 def test_bad_config_names_the_field(overrides, field):
   cfg = tiny_config(**overrides)

@@ -23,7 +23,8 @@ def build(cfg, width: int | None = None, depth: int | None = None):
                        depth=depth, head_dim=m.head_dim, mlp_ratio=m.mlp_ratio,
                        norm=m.norm, activation=m.activation, use_bias=m.use_bias,
                        qk_norm=m.qk_norm, dtype=dtype,
-                       attention=m.get("attention", "xla"))
+                       attention=m.get("attention", "xla"),
+                       attention_block=m.get("attention_block", 64))
   if m.name == "mlp":
     return MLP(vocab_size=vocab, width=width, depth=depth, context=m.context,
                activation=m.activation, use_bias=m.use_bias,

@@ -32,6 +32,26 @@ def make_norm(kind: str, use_bias: bool, dtype, name: str) -> nn.Module:
   return nn.LayerNorm(use_bias=use_bias, dtype=dtype, name=name)
 
 
+def blocked_causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, block: int):
+  """Causal attention that skips the masked upper triangle block by block:
+  query block i attends only to keys [0, (i+1)*block), so of the T x T logits
+  only (nb+1)/(2 nb) are computed for nb = T / block blocks.  Same result as
+  the full masked product; the logits' scale must already be in q."""
+  T = q_BxTxNxH.shape[1]
+  if block <= 0 or block >= T or T % block:
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0,
+                                        is_causal=True, implementation="xla")
+  outs = []
+  for i in range(T // block):
+    lo, hi = i * block, (i + 1) * block
+    # query lo + a sees keys 0 .. lo + a
+    mask_QxS = jnp.arange(hi)[None, :] <= (lo + jnp.arange(block))[:, None]
+    outs.append(jax.nn.dot_product_attention(
+        q_BxTxNxH[:, lo:hi], k_BxTxNxH[:, :hi], v_BxTxNxH[:, :hi], scale=1.0,
+        mask=mask_QxS[None, None], implementation="xla"))
+  return jnp.concatenate(outs, axis=1)
+
+
 class Attention(nn.Module):
   width: int
   head_dim: int
@@ -39,6 +59,7 @@ class Attention(nn.Module):
   qk_norm: bool
   dtype: Any
   attention: str = "xla"
+  attention_block: int = 64
 
   @nn.compact
   def __call__(self, x_MxD, T: int, attn_scale):
@@ -55,9 +76,13 @@ class Attention(nn.Module):
     # The logit scale is applied to q so it may be a traced value (sweeps vmap
     # over it); cuDNN's fused kernel then runs with scale 1.
     q_BxTxNxH = q_BxTxNxH * jnp.asarray(attn_scale, q_BxTxNxH.dtype)
-    o_BxTxNxH = jax.nn.dot_product_attention(
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0, is_causal=True,
-        implementation=self.attention)
+    if self.attention == "blocked":
+      o_BxTxNxH = blocked_causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH,
+                                           self.attention_block)
+    else:
+      o_BxTxNxH = jax.nn.dot_product_attention(
+          q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0, is_causal=True,
+          implementation=self.attention)
     return dense("out")(o_BxTxNxH.reshape(B * T, N * H))
 
 
@@ -87,12 +112,14 @@ class Block(nn.Module):
   qk_norm: bool
   dtype: Any
   attention: str = "xla"
+  attention_block: int = 64
 
   @nn.compact
   def __call__(self, x_MxD, T: int, attn_scale, branch_mult):
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm1")(x_MxD)
     a_MxD = Attention(self.width, self.head_dim, self.use_bias, self.qk_norm,
-                      self.dtype, self.attention, name="attn")(h, T, attn_scale)
+                      self.dtype, self.attention, self.attention_block,
+                      name="attn")(h, T, attn_scale)
     self.sow("intermediates", "attn_out", a_MxD)
     x_MxD = x_MxD + branch_mult * a_MxD
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm2")(x_MxD)
@@ -114,7 +141,8 @@ class Transformer(nn.Module):
   use_bias: bool = False
   qk_norm: bool = False
   dtype: Any = jnp.float32   # compute dtype; params are always float32
-  attention: str = "xla"     # xla | cudnn (fused flash attention; GPU, bf16/fp16)
+  attention: str = "xla"     # xla | blocked (causal blocks skipped) | cudnn (GPU, 16-bit)
+  attention_block: int = 64  # query block of attention="blocked"
 
   @nn.compact
   def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
@@ -130,7 +158,7 @@ class Transformer(nn.Module):
     for i in range(self.depth):
       x_MxD = Block(self.width, self.head_dim, int(self.mlp_ratio * self.width),
                     self.norm, self.activation, self.use_bias, self.qk_norm,
-                    self.dtype, self.attention, name=f"block_{i}")(
+                    self.dtype, self.attention, self.attention_block, name=f"block_{i}")(
                         x_MxD, T, attn_scale, branch_mult)
     x_MxD = make_norm(self.norm, self.use_bias, self.dtype, "final_norm")(x_MxD)
     logits_MxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
