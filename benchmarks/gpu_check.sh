@@ -86,8 +86,12 @@ want bench && stage bench "${BENCH_LIMIT:-240}" $PY benchmarks/train_step.py --t
 cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log"
 
 # --- 2. the figure reproductions' GPU presets --------------------------------------------
-for spec in tp5_fig1:110 mutransfer_demo:70 coord_check_fig:80 depth_transfer:100 \
-            other_hps:80 horizon:60; do
+# Limits from the first lease (H100, 2026-11-27): a group of 16 vmapped trials
+# took 29-53 s there, mostly XLA compile, so Fig. 1 alone needs about 170 s.
+# All six presets need about 20 minutes: more than one session's 15-minute
+# lease, so run them over two sessions (STAGES=..., resuming via .gpu_prev).
+for spec in tp5_fig1:180 mutransfer_demo:150 coord_check_fig:200 depth_transfer:240 \
+            other_hps:200 horizon:150; do
   name=${spec%%:*}; limit=${spec##*:}
   want "$name" || continue
   stage "$name" "$limit" $PY "experiments/$name.py" --preset gpu \
