@@ -88,7 +88,7 @@ cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs
 # --- 2. the figure reproductions' GPU presets --------------------------------------------
 # Limits from the first lease (H100, 2026-11-27): a group of 16 vmapped trials
 # took 29-53 s there, mostly XLA compile, so Fig. 1 alone needs about 170 s.
-# All six presets need about 20 minutes: more than one session's 15-minute
+# All six presets need about 20 minutes (estimated from those timings): more than one session's 15-minute
 # lease, so run them over two sessions (STAGES=..., resuming via .gpu_prev).
 for spec in tp5_fig1:180 mutransfer_demo:150 coord_check_fig:200 depth_transfer:240 \
             other_hps:200 horizon:150; do
