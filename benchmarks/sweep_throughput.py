@@ -4,10 +4,11 @@
         [--steps 10] [--out docs/sweep_throughput.json]
 
 For each width and group size K, trains the same K trials (the width sweep's
-base config, K learning rates) two ways — one ``jit(vmap(step))`` over the
-stacked group, and K separate jitted single-trial steps run one after the
-other — and prints tokens/s for each (median of the timed steps, after
-compilation and two warm-up steps) and vmapped / sequential.
+base config, K learning rates) three ways — the sweep engine's group step as
+one ``jit(vmap(step))`` and as one ``jit(lax.map(step))`` over the stacked
+group, and K separate jitted single-trial steps run one after the other — and
+prints tokens/s for each (median of the timed steps, after compilation and two
+warm-up steps) and each group way over sequential.
 """
 from __future__ import annotations
 
@@ -50,21 +51,22 @@ def bench(width: int, K: int, steps: int) -> dict:
   B, T = cfg.train.batch_size, cfg.data.seq_len
   batch = ds.batch(0, 0, B, T)
 
-  # Vmapped group.
-  state = S._init_group(builts, txs, trials)
+  # The sweep engine's group step, vmapped and mapped (hptransfer.sweep.compile_group).
   consts = S._stack([b.consts() for b in builts])
-  vstep = jax.jit(jax.vmap(S._guarded_step(builts[0], txs[0], cfg), in_axes=(0, 0, None)),
-                  donate_argnums=0)
-  t0 = time.perf_counter()
-  holder = {"s": state}
+  group_s, compile_s = {}, {}
+  for loop in ("vmap", "map"):
+    gstep, _ = S.compile_group(builts[0], txs[0], cfg, loop)
+    holder = {"s": S._init_group(builts, txs, trials)}
 
-  def v():
-    holder["s"], loss = vstep(holder["s"], consts, batch)
-    return loss
-  jax.block_until_ready(v())
-  compile_v = time.perf_counter() - t0
-  v(); v()
-  vm_s = _time(v, steps)
+    def g():
+      holder["s"], loss = gstep(holder["s"], consts, batch)
+      return loss
+    t0 = time.perf_counter()
+    jax.block_until_ready(g())
+    compile_s[loop] = time.perf_counter() - t0
+    g(); g()
+    group_s[loop] = _time(g, steps)
+  vm_s, map_s = group_s["vmap"], group_s["map"]
 
   # One trial at a time (each trial its own state; the compiled step is shared,
   # as it would be in a plain per-trial loop with the multipliers as inputs).
@@ -83,9 +85,11 @@ def bench(width: int, K: int, steps: int) -> dict:
   seq_s = _time(seq, steps)
   tokens = K * B * T
   return {"width": width, "K": K, "batch": B, "seq_len": T, "depth": cfg.model.depth,
-          "vmapped_tokens_per_s": tokens / vm_s, "sequential_tokens_per_s": tokens / seq_s,
-          "ratio": seq_s / vm_s, "vmapped_step_ms": 1e3 * vm_s,
-          "sequential_step_ms": 1e3 * seq_s, "vmapped_compile_s": compile_v,
+          "vmapped_tokens_per_s": tokens / vm_s, "mapped_tokens_per_s": tokens / map_s,
+          "sequential_tokens_per_s": tokens / seq_s,
+          "ratio": seq_s / vm_s, "map_ratio": seq_s / map_s, "vmapped_step_ms": 1e3 * vm_s,
+          "mapped_step_ms": 1e3 * map_s, "sequential_step_ms": 1e3 * seq_s,
+          "vmapped_compile_s": compile_s["vmap"], "mapped_compile_s": compile_s["map"],
           "device": jax.devices()[0].device_kind, "jax": jax.__version__}
 
 
@@ -102,11 +106,13 @@ def main():
       r = bench(w, k, args.steps)
       print(json.dumps(r), flush=True)
       rows.append(r)
-  print("\n| width | K | vmapped tokens/s | sequential tokens/s | ratio |")
-  print("| --- | --- | --- | --- | --- |")
+  print("\n| width | K | vmap tokens/s | map tokens/s | sequential tokens/s | vmap / seq | "
+        "map / seq |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
   for r in rows:
     print(f"| {r['width']} | {r['K']} | {r['vmapped_tokens_per_s']:,.0f} | "
-          f"{r['sequential_tokens_per_s']:,.0f} | {r['ratio']:.2f} |")
+          f"{r['mapped_tokens_per_s']:,.0f} | {r['sequential_tokens_per_s']:,.0f} | "
+          f"{r['ratio']:.2f} | {r['map_ratio']:.2f} |")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=1)

@@ -216,3 +216,23 @@ def test_trials_spread_over_four_devices(tmp_path):
     for tid in a:
       np.testing.assert_allclose(np.array(a[tid][:3], float), np.array(b[tid][:3], float),
                                  rtol=2e-5, err_msg=name)
+
+
+def test_mapped_and_vmapped_groups_train_the_same_trials(tmp_path):
+  """trial_loop='map' (the CPU default) and 'vmap' step the same stacked state."""
+  cfg = tiny_config(**FAST)
+  lrs = [1e-3, 1e-2, 1e4]                      # the last one diverges in both
+  rows = {loop: _rows_by_lr(S.run(cfg, S.sweep("optimizer.lr", lrs), str(tmp_path / loop),
+                                  progress=False, trial_loop=loop))
+          for loop in ("map", "vmap")}
+  assert {r["trial_loop"] for r in rows["map"].values()} == {"map"}
+  assert {r["trial_loop"] for r in rows["vmap"].values()} == {"vmap"}
+  for lr in lrs[:2]:
+    a, b = rows["map"][lr], rows["vmap"][lr]
+    for key in ("final_train_loss", "final_eval_loss", "best_eval_loss"):
+      assert a[key] == pytest.approx(b[key], rel=1e-5), (lr, key)
+  assert rows["map"][1e4]["diverged"] and rows["vmap"][1e4]["diverged"]
+  assert rows["map"][1e4]["diverged_step"] == rows["vmap"][1e4]["diverged_step"]
+  assert rows["map"][1e-3]["final_eval_loss"] != pytest.approx(rows["map"][1e-2]["final_eval_loss"])
+  with pytest.raises(S.SweepError, match="trial_loop"):
+    S.run(cfg, S.sweep("optimizer.lr", lrs), str(tmp_path / "bad"), trial_loop="scan")
