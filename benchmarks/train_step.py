@@ -127,7 +127,8 @@ def torch_step(args):
       q, k, v = self.qkv(self.n1(x)).view(B, T, 3, W // H, H).permute(2, 0, 3, 1, 4)
       a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
       x = x + self.out(a.transpose(1, 2).reshape(B, T, W))
-      return x + self.fc_out(nn.functional.gelu(self.fc_in(self.n2(x))))
+      # tanh-approximate GELU, as flax.linen.gelu (the JAX model) computes it
+      return x + self.fc_out(nn.functional.gelu(self.fc_in(self.n2(x)), approximate="tanh"))
 
   class GPT(nn.Module):
     def __init__(self):
