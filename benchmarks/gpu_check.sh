@@ -58,11 +58,12 @@ stage() {   # stage NAME LIMIT_SECONDS COMMAND...
   $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 } > "$W/logs/env.log" 2>&1
 cat "$W/logs/env.log" | tee -a "$SUMMARY"
-mkdir -p /tmp/site
-if ls .whl/base/*.whl > /dev/null 2>&1; then
+install_wheels() {   # install_wheels DIR: the carried wheels in DIR, ahead of the machine's
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/base/*.whl && export PYTHONPATH=/tmp/site
-fi
+      --target /tmp/site "$1"/*.whl && export PYTHONPATH=/tmp/site
+}
+mkdir -p /tmp/site
+ls .whl/base/*.whl > /dev/null 2>&1 && install_wheels .whl/base
 SMOKE=(
   $PY benchmarks/train_step.py --width 128 --depth 2 --batch 4 --seq 128 --head_dim 64
   --dtype bf16 --vmap 2 --steps 2 --warmup 1)
@@ -70,9 +71,7 @@ if want smoke && ! stage smoke 120 "${SMOKE[@]}"; then
   tail -20 "$W/logs/smoke.log"
   if ls .whl/pinned/*.whl > /dev/null 2>&1; then
     echo "smoke failed with the machine's packages: installing the pinned ones" | tee -a "$SUMMARY"
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/pinned/*.whl
-    export PYTHONPATH=/tmp/site
+    install_wheels .whl/pinned
     stage smoke_pinned 120 "${SMOKE[@]}" || { tail -30 "$W/logs/smoke_pinned.log"; exit 1; }
   else
     exit 1

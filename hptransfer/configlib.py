@@ -51,10 +51,11 @@ def validate(cfg) -> None:
   if m.name == "transformer":
     _one_of(m.norm, ("rmsnorm", "layernorm"), "model.norm")
     _positive_int(m.head_dim, "model.head_dim")
-    _one_of(m.get("attention", "xla"), ("xla", "blocked", "cudnn"), "model.attention")
-    if m.get("attention", "xla") == "blocked":
+    attention = m.get("attention", "xla")
+    _one_of(attention, ("xla", "blocked", "cudnn"), "model.attention")
+    if attention == "blocked":
       _positive_int(m.get("attention_block", 64), "model.attention_block")
-    if m.get("attention", "xla") == "cudnn" and m.compute_dtype == "float32":
+    if attention == "cudnn" and m.compute_dtype == "float32":
       raise ConfigError("model.attention='cudnn' needs a 16-bit compute dtype: set "
                         "--config.model.compute_dtype=bfloat16 or model.attention='xla'")
     for field, w in (("model.width", m.width),

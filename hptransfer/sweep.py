@@ -420,7 +420,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
 
   # Chunks of one group (and resumed groups) share the compiled program: it
-  # depends only on the group key, K and the shardings.
+  # depends only on the group key, K, the shardings and the trial loop.
   loop = resolve_trial_loop(trial_loop, state_sharding is not None or batch_sharding is not None)
   ckey = (group_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop)
   if ckey not in _COMPILED:
