@@ -57,7 +57,7 @@ def main():
                    steps=5, top=30).items():
     ap.add_argument(f"--{k}", type=int, default=v)
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-  ap.add_argument("--attention", default="xla", choices=["xla", "blocked", "cudnn"])
+  ap.add_argument("--attention", default="auto", choices=["auto", "xla", "blocked", "cudnn"])
   ap.add_argument("--trace_dir", default="/tmp/hptransfer_trace")
   ap.add_argument("--hlo", action="store_true")
   args = ap.parse_args()

@@ -70,7 +70,8 @@ def bench(width: int, K: int, steps: int) -> dict:
 
   # One trial at a time (each trial its own state; the compiled step is shared,
   # as it would be in a plain per-trial loop with the multipliers as inputs).
-  step = jax.jit(train_lib.make_train_step(builts[0], txs[0], leaf_rms=False), donate_argnums=0)
+  step = train_lib.jit_step(train_lib.make_train_step(builts[0], txs[0], leaf_rms=False),
+                              donate_argnums=0)
   states = [train_lib.init_state(b, tx, 0) for b, tx in zip(builts, txs)]
   cs = [b.consts() for b in builts]
 

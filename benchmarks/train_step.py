@@ -9,7 +9,8 @@ of the timed steps after compilation and warm-up), ``mfu`` (model FLOPs per
 second over ``--peak_flops``, when given), ``compile_s`` (first call) and
 ``peak_mem_mb`` (device peak on an accelerator, process max RSS on CPU).
 ``--vmap K`` times the sweep engine's guarded step over K stacked trials
-(``--vmap 1``: the same step for one trial).  ``--attention cudnn`` uses
+(``--vmap 1``: the same step for one trial).  ``--attention`` is the model's
+(default auto: blocked on CPU, xla elsewhere); ``--attention cudnn`` uses
 cuDNN's fused attention (GPU, bf16).  ``--ceiling`` first times one large
 matmul, the practical peak the MFU is read against.  On CUDA the torch model is
 compiled with ``mode="reduce-overhead"`` (CUDA graphs) and uses fused AdamW.
@@ -17,7 +18,9 @@ Peak memory is the process's running peak, so in table mode it only grows.
 ``--torch`` also times a PyTorch model of the same shape and step (pre-norm
 GPT, RMSNorm, GELU MLP, learned positions, untied readout, AdamW) under
 ``torch.compile``, from ``requirements-bench.txt``; the two are interleaved
-step by step so both see the same machine state.
+step by step (in a random order each round) so both see the same machine
+state, and the JAX row carries ``vs_torch``, the median over rounds of the
+per-round ratio of tokens/s, with its quartiles.
 
 Model FLOPs: 6 x (matmul parameters) + 12 x depth x seq x width per token
 (``hptransfer.sweep.flops_per_token``), the same for both frameworks.
@@ -90,14 +93,17 @@ def jax_step(args):
     tx = optim.build(cfg.optimizer, built.leaf_trees(), cfg.train.steps)
     state = train_lib.init_state(built, tx, 0)
     consts = built.consts()
-    fn = jax.jit(train_lib.make_train_step(built, tx, leaf_rms=False), donate_argnums=0)
+    fn = train_lib.jit_step(train_lib.make_train_step(built, tx, leaf_rms=False),
+                            donate_argnums=0)
   holder = {"s": state}
 
   def step():
     holder["s"], out = fn(holder["s"], consts, batch)
     return out
-  # The optimized HLO, for benchmarks/profile_step.py --hlo.
+  # The optimized HLO, for benchmarks/profile_step.py --hlo; the pieces, for
+  # recompiling the same step under other XLA options (benchmarks/xla_options.py).
   step.compiled_text = lambda: fn.lower(holder["s"], consts, batch).compile().as_text()
+  step.fn, step.holder, step.consts, step.batch = fn, holder, consts, batch
   return step, flops, built.num_params()
 
 
@@ -175,6 +181,8 @@ def _peak_mem_mb(framework="jax"):
 
 
 def measure(args) -> list[dict]:
+  from hptransfer import train as train_lib
+  from hptransfer.models import resolve_attention
   runners = {}
   t0 = time.perf_counter()
   step, flops, n_params = jax_step(args)
@@ -190,11 +198,14 @@ def measure(args) -> list[dict]:
   for run in runners.values():        # warm-up
     for _ in range(args.warmup):
       run()
+  # Interleaved, so both see the same machine, in a random order each round so
+  # that neither always runs right after the other.
   times = {k: [] for k in runners}
-  for _ in range(args.steps):          # interleaved, so both see the same machine
-    for k, run in runners.items():
+  order = np.random.default_rng(0)
+  for _ in range(args.steps):
+    for k in order.permutation(list(runners)):
       t = time.perf_counter()
-      run()
+      runners[k]()
       times[k].append(time.perf_counter() - t)
   out = []
   K = max(args.vmap, 1)
@@ -207,8 +218,16 @@ def measure(args) -> list[dict]:
            "mfu": (flops / s / args.peak_flops) if args.peak_flops else None,
            "model_tflops_per_s": flops / s / 1e12, "peak_mem_mb": _peak_mem_mb(k),
            "head_dim": min(args.head_dim, args.width),
-           "attention": args.attention if k == "jax" else "sdpa",
+           "attention": resolve_attention(args.attention) if k == "jax" else "sdpa",
            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    if k == "jax" and "torch" in times:
+      # Per-round ratio of tokens/s (torch step time over JAX step time): its
+      # median and quartiles are robust to the machine's drift between rounds.
+      r = np.asarray(times["torch"]) / np.asarray(ts)
+      row["vs_torch"] = float(np.median(r))
+      row["vs_torch_iqr"] = [float(np.percentile(r, 25)), float(np.percentile(r, 75))]
+    if k == "jax" and jax.default_backend() == "cpu":
+      row["cpu_dots"] = train_lib.cpu_dots()
     if k == "torch":
       import torch
       row["torch"] = torch.__version__
@@ -236,16 +255,23 @@ def matmul_ceiling(args) -> dict:
           "device": jax.devices()[0].device_kind, "jax": jax.__version__}
 
 
+def _ratio(r) -> str:
+  if "vs_torch" not in r:
+    return ""
+  lo, hi = r["vs_torch_iqr"]
+  return f"{r['vs_torch']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def markdown(rows) -> str:
   md = ["| framework | width | depth | head dim | batch×seq | vmap | attention | tokens/s | "
-        "step ms | compile s | MFU | peak MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "step ms | compile s | MFU | peak MiB | JAX / torch [IQR] |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in rows:
     mfu = "" if r["mfu"] is None else f"{r['mfu']:.1%}"
     md.append(f"| {r['framework']} | {r['width']} | {r['depth']} | {r['head_dim']} | "
               f"{r['batch']}×{r['seq']} | {r['vmap'] or ''} | {r['attention']} | "
               f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.2f} | {r['compile_s']:.1f} | {mfu} | "
-              f"{r['peak_mem_mb']:,.0f} |")
+              f"{r['peak_mem_mb']:,.0f} | {_ratio(r)} |")
   return "\n".join(md)
 
 
@@ -259,7 +285,7 @@ def main():
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--vmap", type=int, default=0)
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-  ap.add_argument("--attention", default="xla", choices=["xla", "blocked", "cudnn"])
+  ap.add_argument("--attention", default="auto", choices=["auto", "xla", "blocked", "cudnn"])
   ap.add_argument("--torch", action="store_true")
   ap.add_argument("--torch_mode", default="",
                   help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")

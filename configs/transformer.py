@@ -25,9 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.qk_norm = False             # RMSNorm on queries and keys per head
   c.model.z_loss = 0.0                # coefficient of log(Z)^2 in the loss
   c.model.compute_dtype = "float32"   # float32 | bfloat16 (params stay float32)
-  c.model.attention = "xla"           # xla | blocked | cudnn (fused kernel: GPU, bfloat16)
+  c.model.attention = "auto"          # auto (blocked on CPU, xla elsewhere) | xla |
+                                      #   blocked | cudnn (fused kernel: GPU, bfloat16)
   c.model.attention_block = 64        # blocked: query block; skips the masked
-                                      #   upper triangle (CPU, seq_len >= 256)
+                                      #   upper triangle
 
   c.parameterization = ml_collections.ConfigDict()
   c.parameterization.name = "mup"     # sp | mup | ntk | mf

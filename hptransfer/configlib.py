@@ -51,9 +51,9 @@ def validate(cfg) -> None:
   if m.name == "transformer":
     _one_of(m.norm, ("rmsnorm", "layernorm"), "model.norm")
     _positive_int(m.head_dim, "model.head_dim")
-    attention = m.get("attention", "xla")
-    _one_of(attention, ("xla", "blocked", "cudnn"), "model.attention")
-    if attention == "blocked":
+    attention = m.get("attention", "auto")
+    _one_of(attention, ("auto", "xla", "blocked", "cudnn"), "model.attention")
+    if attention in ("auto", "blocked"):
       _positive_int(m.get("attention_block", 64), "model.attention_block")
     if attention == "cudnn" and m.compute_dtype == "float32":
       raise ConfigError("model.attention='cudnn' needs a 16-bit compute dtype: set "

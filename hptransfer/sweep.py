@@ -370,15 +370,16 @@ def compile_group(built, tx, cfg, loop: str):
   guarded = _guarded_step(built, tx, cfg)
   evaluate = train_lib.make_eval_step(built)
   if loop == "vmap":
-    return (jax.jit(jax.vmap(guarded, in_axes=(0, 0, None)), donate_argnums=0),
-            jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None))))
+    return (train_lib.jit_step(jax.vmap(guarded, in_axes=(0, 0, None)), donate_argnums=0),
+            train_lib.jit_step(jax.vmap(evaluate, in_axes=(0, 0, None))))
 
   def step(state, consts, batch):
     return jax.lax.map(lambda sc: guarded(sc[0], sc[1], batch), (state, consts))
 
   def evaluate_all(params, consts, batch):
     return jax.lax.map(lambda pc: evaluate(pc[0], pc[1], batch), (params, consts))
-  return jax.jit(step, donate_argnums=0), jax.jit(evaluate_all)
+  return (train_lib.jit_step(step, donate_argnums=0),
+          train_lib.jit_step(evaluate_all))
 
 
 def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int = 0,
