@@ -64,8 +64,9 @@ _CPU_DOTS = {
 def cpu_dots() -> str:
   lib = os.environ.get(CPU_DOTS_ENV, "eigen")
   if lib not in _CPU_DOTS:
-    raise configlib.ConfigError(f"{CPU_DOTS_ENV}={lib!r} is not one of {', '.join(_CPU_DOTS)}; "
-                     f"unset it (eigen) or set {CPU_DOTS_ENV}=ynn")
+    raise configlib.ConfigError(
+        f"{CPU_DOTS_ENV}={lib!r} is not one of {', '.join(_CPU_DOTS)}; "
+        f"unset it (eigen) or set {CPU_DOTS_ENV}=ynn")
   return lib
 
 
