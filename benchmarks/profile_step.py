@@ -9,6 +9,12 @@ XLA ops that took the most time (per step, summed over threads, so on a
 multi-core CPU an op's total can exceed the wall time) with their share.  Add
 ``--hlo`` to also write the optimized HLO of the step to ``<trace_dir>/step.hlo``
 to read what XLA fused.
+
+On CPU the steps use XLA's Eigen dots (``HPTRANSFER_CPU_DOTS``, see
+``hptransfer.train.compiler_options``), which run asynchronously beside the
+other ops, so the trace cannot attribute their time (nor that of the ops that
+overlap them).  For an attribution by op, profile with
+``HPTRANSFER_CPU_DOTS=ynn``, whose dot fusions are timed where they run.
 """
 from __future__ import annotations
 
