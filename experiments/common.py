@@ -26,7 +26,7 @@ from hptransfer import sweep as sweep_lib  # noqa: E402
 
 
 ANALYZE_ONLY = False   # --analyze_only: fit and plot the rows a workdir holds
-_ROWS: dict = {}       # what the last run_sweep's rows say: device, versions, completeness
+_ROWS: dict = {}       # what this run's sweeps' rows say: device, versions, completeness
 
 
 def parse(name: str, presets: dict, argv=None):
@@ -41,6 +41,7 @@ def parse(name: str, presets: dict, argv=None):
   a = ap.parse_args(argv)
   global ANALYZE_ONLY
   ANALYZE_ONLY = a.analyze_only
+  _ROWS.clear()
   a.workdir = a.workdir or os.path.join("runs", f"{name}_{a.preset}")
   a.out = a.out or os.path.join(a.workdir, "out")
   return a
@@ -81,9 +82,15 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
   df = df[df.trial_id.isin(ids)].reset_index(drop=True)
   if not len(df):
     raise SystemExit(f"{workdir} holds none of this preset's {len(ids)} trials")
-  _ROWS.update(device=str(df.device.iloc[0]),
+  # Over every sweep of the run in this workdir (the demo runs two), so a note
+  # flags a run when any of its sweeps is partial.
+  if _ROWS.get("workdir") != workdir:
+    _ROWS.clear()
+  wanted = _ROWS.get("wanted", set()) | ids
+  found = _ROWS.get("found", set()) | set(df.trial_id)
+  _ROWS.update(workdir=workdir, wanted=wanted, found=found, device=str(df.device.iloc[0]),
                jax=str(df.versions.iloc[0].get("jax", "")) if isinstance(df.versions.iloc[0], dict) else "",
-               complete=len(df) == len(ids), n=len(df), of=len(ids))
+               complete=found >= wanted, n=len(found), of=len(wanted))
   return df
 
 

@@ -54,3 +54,32 @@ def test_analyze_only_uses_the_rows_there_and_says_partial(tmp_path, monkeypatch
   assert res["machine"]["partial"] == f"{len(keep)} of the preset's {len(rows)} trials"
   widths = {k for g in res["groups"].values() for k in g["per_scale"]}
   assert str(max(json.loads(x)["model.width"] for x in rows)) not in widths
+
+
+def test_partial_count_sums_over_every_sweep_of_a_run(monkeypatch):
+  """A run with two sweeps (the demo) is partial when either is, and the note's
+  count covers both."""
+  import pandas as pd
+  from experiments import common
+  from hptransfer import results as results_lib
+  from hptransfer import sweep as sweep_lib
+  cfg = common.base_config(dict(head_dim=8, batch=2, seq=16, steps=4))
+  grid_a = sweep_lib.sweep("optimizer.lr", [0.1, 0.2, 0.3])
+  grid_b = sweep_lib.sweep("optimizer.lr", [0.4, 0.5])
+  ids_a = [t.id for t in sweep_lib.expand(cfg, grid_a)]
+  ids_b = [t.id for t in sweep_lib.expand(cfg, grid_b)]
+  held = ids_a + ids_b[:1]        # the second sweep lacks one trial
+  monkeypatch.setattr(results_lib, "load", lambda w: pd.DataFrame(
+      {"trial_id": held, "device": "cpu", "versions": [{"jax": "x"}] * len(held)}))
+  monkeypatch.setattr(common, "ANALYZE_ONLY", True)
+  monkeypatch.setattr(common, "_ROWS", {})
+  assert len(common.run_sweep(cfg, grid_a, "unused")) == 3
+  assert "partial" not in common.machine()
+  assert len(common.run_sweep(cfg, grid_b, "unused")) == 1
+  assert common.machine()["partial"] == "4 of the preset's 5 trials"
+  # The same sweep again (a rerun in this process) counts its trials once; a
+  # run in another workdir starts afresh.
+  common.run_sweep(cfg, grid_b, "unused")
+  assert common.machine()["partial"] == "4 of the preset's 5 trials"
+  common.run_sweep(cfg, grid_a, "elsewhere")
+  assert "partial" not in common.machine()
