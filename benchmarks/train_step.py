@@ -101,7 +101,8 @@ def jax_step(args):
     holder["s"], out = fn(holder["s"], consts, batch)
     return out
   # The optimized HLO, for benchmarks/profile_step.py --hlo; the pieces, for
-  # recompiling the same step under other XLA options (benchmarks/xla_options.py).
+  # recompiling the same step under other XLA options in an A/B script
+  # (``step.fn.lower(...).compile(compiler_options=...)``, docs/performance.md).
   step.compiled_text = lambda: fn.lower(holder["s"], consts, batch).compile().as_text()
   step.fn, step.holder, step.consts, step.batch = fn, holder, consts, batch
   return step, flops, built.num_params()

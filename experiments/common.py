@@ -86,12 +86,17 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
   # flags a run when any of its sweeps is partial.
   if _ROWS.get("workdir") != workdir:
     _ROWS.clear()
-  wanted = _ROWS.get("wanted", set()) | ids
-  found = _ROWS.get("found", set()) | set(df.trial_id)
-  _ROWS.update(workdir=workdir, wanted=wanted, found=found, device=str(df.device.iloc[0]),
-               jax=str(df.versions.iloc[0].get("jax", "")) if isinstance(df.versions.iloc[0], dict) else "",
-               complete=found >= wanted, n=len(found), of=len(wanted))
+  _ROWS.update(workdir=workdir, wanted=_ROWS.get("wanted", set()) | ids,
+               found=_ROWS.get("found", set()) | set(df.trial_id),
+               device=str(df.device.iloc[0]),
+               jax=str(df.versions.iloc[0].get("jax", "")) if isinstance(df.versions.iloc[0], dict) else "")
   return df
+
+
+def _partial() -> str:
+  """'n of the preset's m trials' when this run's sweeps lack trials, else ''."""
+  wanted, found = _ROWS.get("wanted", set()), _ROWS.get("found", set())
+  return "" if found >= wanted else f"{len(found)} of the preset's {len(wanted)} trials"
 
 
 def fmt_optima(entry: dict, prefix: str = "") -> str:
@@ -136,8 +141,8 @@ def machine() -> dict:
          "jax": jax_version, "platform": platform.platform()}
   out["where"] = (f"{device} ({out['cpus']} CPUs)" if device == "cpu"
                   else f"one {device} (jax {jax_version})")
-  if _ROWS and not _ROWS["complete"]:
-    out["partial"] = f"{_ROWS['n']} of the preset's {_ROWS['of']} trials"
+  if _partial():
+    out["partial"] = _partial()
   return out
 
 
@@ -161,10 +166,9 @@ def _default(o):
 
 def write_note(out: str, name: str, text: str) -> str:
   path = os.path.join(out, f"{name}.md")
-  if _ROWS and not _ROWS["complete"]:
-    text += (f"\n**Partial run:** these numbers use {_ROWS['n']} of the preset's "
-             f"{_ROWS['of']} trials; the others never ran (the settings above list "
-             "what the preset asks for, not what ran).\n")
+  if _partial():
+    text += (f"\n**Partial run:** these numbers use {_partial()}; the others never ran "
+             "(the settings above list what the preset asks for, not what ran).\n")
   with open(path, "w") as f:
     f.write(text)
   return path

@@ -421,9 +421,11 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
 
   # Chunks of one group (and resumed groups) share the compiled program: it
-  # depends only on the group key, K, the shardings and the trial loop.
+  # depends only on the group key, K, the shardings, the trial loop and the
+  # XLA options (HPTRANSFER_CPU_DOTS).
   loop = resolve_trial_loop(trial_loop, state_sharding is not None or batch_sharding is not None)
-  ckey = (group_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop)
+  ckey = (group_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop,
+          tuple(sorted(train_lib.compiler_options().items())))
   if ckey not in _COMPILED:
     _COMPILED[ckey] = compile_group(b0, txs[0], cfg, loop)
   vstep, veval = _COMPILED[ckey]
