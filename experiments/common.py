@@ -79,6 +79,8 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
     sweep_lib.run(base_cfg, overrides, workdir, progress=progress, **kw)
   ids = {t.id for t in trials}
   df = results_lib.load(workdir)
+  if ANALYZE_ONLY:
+    ids = _match_float_noise(trials, df)
   df = df[df.trial_id.isin(ids)].reset_index(drop=True)
   if not len(df):
     raise SystemExit(f"{workdir} holds none of this preset's {len(ids)} trials")
@@ -91,6 +93,34 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
                device=str(df.device.iloc[0]),
                jax=str(df.versions.iloc[0].get("jax", "")) if isinstance(df.versions.iloc[0], dict) else "")
   return df
+
+
+def _match_float_noise(trials, df) -> set:
+  """Trial ids, where a trial whose id is missing takes the id of the one row
+  whose swept values equal its own up to float round-off (rtol 1e-9).
+
+  A value computed from other rows (the demo's predicted LR) can differ in the
+  last bits between the machine that trained and the one that analyses, which
+  changes the trial id; the row is still that trial's."""
+  ids = set()
+  have = set(df.trial_id) if len(df) else set()
+  for t in trials:
+    if t.id in have or not len(df):
+      ids.add(t.id)
+      continue
+    mask = np.ones(len(df), bool)
+    for k, v in t.overrides.items():
+      if k not in df:
+        mask[:] = False
+        break
+      col = df[k].to_numpy()
+      if isinstance(v, float):
+        mask &= np.isclose(col.astype(float), v, rtol=1e-9, atol=0)
+      else:
+        mask &= col == v
+    hits = df.trial_id[mask].unique()
+    ids.add(hits[0] if len(hits) == 1 else t.id)
+  return ids
 
 
 def _partial() -> str:

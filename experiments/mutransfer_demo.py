@@ -84,11 +84,22 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
       "proxy_wall_s": t_proxy.s, "target_wall_s": t_target.s,
   }
   os.makedirs(out, exist_ok=True)
-  plot(proxy, {k: results_lib.load_curve(workdir, by[k]["trial_id"]) for k in by}, res,
+  plot(proxy, {k: _curve(workdir, by[k]["trial_id"]) for k in by}, res,
        os.path.join(out, f"{NAME}.png"))
   common.write_json(out, NAME, res)
   common.write_note(out, NAME, note(res))
   return res
+
+
+def _curve(workdir, trial_id) -> dict:
+  """The target's loss curve; empty where only the rows were copied back
+  (--analyze_only on results.jsonl alone), and the plot's right panel says so."""
+  try:
+    return results_lib.load_curve(workdir, trial_id)
+  except FileNotFoundError:
+    if not common.ANALYZE_ONLY:
+      raise
+    return {"train": []}
 
 
 def plot(proxy, target_curves, res, path):
@@ -113,6 +124,8 @@ def plot(proxy, target_curves, res, path):
     s, l = zip(*c["train"]) if c["train"] else ([], [])
     lr = res["mup_predicted_lr"] if param == "mup" else res["sp_carried_lr"]
     b.plot(s, l, styles[param], label=f"{param} width {res['target_width']} at LR {lr:.3g}")
+  if not any(c["train"] for c in target_curves.values()):
+    b.text(0.5, 0.5, "target curves not in the workdir", ha="center", transform=b.transAxes)
   b.set_xlabel("step")
   b.set_ylabel("train loss")
   b.legend(fontsize=7)
@@ -129,6 +142,18 @@ def rule_text(res) -> str:
           f"(exponent 95% CI {r['exponent_ci'][0]:.3f} to {r['exponent_ci'][1]:.3f})")
 
 
+def same_lr(res) -> str:
+  """A caveat when the two LRs are nearly equal: the gap is then not the LR's."""
+  ratio = res["mup_predicted_lr"] / res["sp_carried_lr"]
+  if abs(np.log2(ratio)) >= 0.5:
+    return ""
+  return (f"\n\nThe two LRs differ by a factor of only {max(ratio, 1 / ratio):.2f}: the gap "
+          "below comes from how each parameterization scales its per-layer LRs and inits "
+          "with width at (almost) the same global LR, not from choosing the LR.  How far "
+          "SP at its own best LR for this width would get is not measured here "
+          "(tp5_fig1 sweeps it).")
+
+
 def note(res) -> str:
   m, s = res["mup_target"], res["sp_target"]
   fmt = lambda v: "diverged" if v is None else f"{v:.4f}"
@@ -139,7 +164,7 @@ def note(res) -> str:
 Proxies: widths {res['settings']['proxies']}, LR grid 2^{np.log2(res['settings']['lrs'][0]):g} … 2^{np.log2(res['settings']['lrs'][-1]):g}.
 {rule_text(res)}; predicted LR at
 width {res['target_width']}: {res['mup_predicted_lr']:.4g} (95% CI {res['mup_predicted_lr_ci'][0]:.4g} – {res['mup_predicted_lr_ci'][1]:.4g}).
-SP carries its best widest-proxy LR, {res['sp_carried_lr']:.4g}, unchanged.
+SP carries its best widest-proxy LR, {res['sp_carried_lr']:.4g}, unchanged.{same_lr(res)}
 
 | width {res['target_width']} | LR | final train loss | final eval loss |
 | --- | --- | --- | --- |

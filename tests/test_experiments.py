@@ -83,3 +83,26 @@ def test_partial_count_sums_over_every_sweep_of_a_run(monkeypatch):
   assert common.machine()["partial"] == "4 of the preset's 5 trials"
   common.run_sweep(cfg, grid_a, "elsewhere")
   assert "partial" not in common.machine()
+
+
+def test_analyze_only_matches_a_value_that_differs_in_its_last_bits(monkeypatch):
+  """A computed LR (the demo's prediction) that differs from the trained one by
+  round-off still finds its row; one that differs by more does not."""
+  import pandas as pd
+  from experiments import common
+  from hptransfer import results as results_lib
+  from hptransfer import sweep as sweep_lib
+  cfg = common.base_config(dict(head_dim=8, batch=2, seq=16, steps=4))
+  trained = 0.0018736564278836584
+  tid = sweep_lib.expand(cfg, sweep_lib.sweep("optimizer.lr", [trained]))[0].id
+  monkeypatch.setattr(results_lib, "load", lambda w: pd.DataFrame(
+      {"trial_id": [tid], "optimizer.lr": [trained], "device": "cpu",
+       "versions": [{"jax": "x"}]}))
+  monkeypatch.setattr(common, "ANALYZE_ONLY", True)
+  monkeypatch.setattr(common, "_ROWS", {})
+  near = sweep_lib.sweep("optimizer.lr", [0.001873656427883656])
+  assert sweep_lib.expand(cfg, near)[0].id != tid        # the id alone would miss it
+  assert list(common.run_sweep(cfg, near, "unused").trial_id) == [tid]
+  assert "partial" not in common.machine()
+  with pytest.raises(SystemExit, match="none of this preset"):
+    common.run_sweep(cfg, sweep_lib.sweep("optimizer.lr", [trained * (1 + 1e-6)]), "other")
