@@ -12,18 +12,16 @@
 # that finished is marked in $W/done and skipped by a later call on the same
 # (still warm) machine, so the same command can simply be run again.
 #
-# The figure reproductions and the cache benchmark run with EXP_XLA_FLAGS
-# (default --xla_gpu_autotune_level=0: no GEMM autotuning, which took most of
-# the 22-40 s a program needed to compile on the first lease); the benchmark
-# table keeps XLA's defaults, since its step times are the figures reported.
-# The smoke stage compiles one small step both ways and logs both compile times.
+# EXP_XLA_FLAGS (default: none) are XLA flags for the figure reproductions and
+# the cache benchmark only; the benchmark table keeps XLA's defaults.  They are
+# probed first (an unknown flag aborts the process).  The smoke stage compiles
+# one small step with them as well and logs both compile times.
+# Do not set --xla_gpu_autotune_level=0 to save compile time: on the H200 lease
+# (2026-11-27) it cut the small step's compile only from 17.9 to 15.4 s, while
+# the Fig. 1 groups ran 1.9x (width 512) and 3.4x (width 1024: 182 s against
+# 53 s) longer than the autotuned ones of the H100 lease (docs/performance.md).
 #
-# Writes $OUT/results.tgz (bench/, exp/<name>/, logs/) and $OUT/summary.txt.
-# On the workplace's device machine the Python there holds jax, flax, optax,
-# orbax and torch but not ml_collections: carry it as a wheel in .whl/base
-# (see docs/performance.md).  If the machine's own flax/optax/orbax do not
-# work with this code, the pinned ones in .whl/pinned are installed and the
-# smoke test is run again.
+# Remaining GPU work and resuming: docs/performance.md, "GPU: what is left".
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -43,7 +41,7 @@ SUMMARY=$W/summary.txt
 
 pack() {
   tar czf "$OUT/results.tgz" -C "$W" summary.txt logs bench exp \
-      $(cd "$W" && ls work/*/results.jsonl 2>/dev/null) 2>/dev/null
+      $(cd "$W" && ls -d work/*/results.jsonl work/*/curves 2>/dev/null) 2>/dev/null
   cp "$SUMMARY" "$OUT/summary.txt"
 }
 
@@ -79,7 +77,7 @@ SMOKE=(
   --dtype bf16 --vmap 2 --steps 2 --warmup 1)
 # The flags the experiments get, if this jaxlib accepts them (an unknown XLA
 # flag aborts the process).
-EXP_XLA_FLAGS=${EXP_XLA_FLAGS---xla_gpu_autotune_level=0}
+EXP_XLA_FLAGS=${EXP_XLA_FLAGS:-}
 if [[ -n "$EXP_XLA_FLAGS" ]] && ! XLA_FLAGS="$EXP_XLA_FLAGS" $PY -c "import jax.numpy as j; j.ones(4).sum().block_until_ready()" > "$W/logs/xla_flags.log" 2>&1; then
   echo "XLA flags '$EXP_XLA_FLAGS' rejected (logs/xla_flags.log): experiments run with the defaults" | tee -a "$SUMMARY"
   EXP_XLA_FLAGS=""
@@ -101,10 +99,9 @@ tail -2 "$W/logs/smoke"*.log 2>/dev/null
 [[ -n "$EXP_XLA_FLAGS" ]] && want smoke_flags && stage smoke_flags 60 "${EXP[@]}" "${SMOKE[@]}" && tail -1 "$W/logs/smoke_flags.log"
 
 # --- 1. the figure reproductions' GPU presets --------------------------------------------
-# First lease (H100, jax 0.11.2, autotuning on): a group of 16 vmapped trials
-# took 29-53 s, mostly XLA compile; all six presets were estimated at about 20
-# minutes.  Without GEMM autotuning (EXP_XLA_FLAGS) they should need far less;
-# the limits below are per stage, and the whole run stays within BUDGET.
+# Group walls (16-24 vmapped trials, 300 steps): 29-53 s on the H100 lease with
+# XLA's defaults, 20-40 s of it compiling one program; the limits below are per
+# stage, and the whole run stays within BUDGET.
 for spec in tp5_fig1:200 mutransfer_demo:150 depth_transfer:200 horizon:150 \
             other_hps:200 coord_check_fig:150; do
   name=${spec%%:*}; limit=${spec##*:}
