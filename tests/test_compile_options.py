@@ -37,3 +37,23 @@ def test_auto_attention_is_blocked_on_cpu_and_passes_other_names_through():
   assert models.build(cfg).attention == "blocked"
   assert models.resolve_attention("xla") == "xla"
   assert models.resolve_attention("cudnn") == "cudnn"
+
+
+def test_xla_flag_choice_weighs_compile_against_step_time():
+  """benchmarks/xla_flags.py picks the cheapest group (compile + steps) among
+  the variants that do not slow the step, and never a failed one."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "xla_flags.py")
+  spec = importlib.util.spec_from_file_location("xla_flags", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  ref = {"flags": "", "compile_s": 20.0, "step_ms": 100.0}
+  fast_compile = {"flags": "a", "compile_s": 5.0, "step_ms": 104.0}      # 36.2 s
+  slow_step = {"flags": "b", "compile_s": 1.0, "step_ms": 110.0}        # 34.0 s, but 1.10x
+  broken = {"flags": "c", "error": "Unknown flag"}
+  rows = [dict(r) for r in (ref, fast_compile, slow_step, broken)]
+  assert mod.choose(rows, 300, 1.05)["flags"] == "a"
+  assert mod.choose([dict(r) for r in (ref, fast_compile, slow_step)], 300, 1.2)["flags"] == "b"
+  assert mod.choose([dict(r) for r in (ref, fast_compile)], 5000, 1.05)["flags"] == ""
+  assert mod.choose([dict(broken), dict(fast_compile)], 300, 1.05) is None
