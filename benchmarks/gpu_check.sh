@@ -106,6 +106,11 @@ if [[ "$EXP_XLA_FLAGS" == auto ]]; then
   EXP_XLA_FLAGS=$($PY -c "import json,sys; c=json.load(open(sys.argv[1]))['chosen']; print(c['flags'] if c else '')" \
                   "$W/bench/xla_flags.json" 2>/dev/null)
 fi
+# An unknown XLA flag aborts every process: probe a set given by hand.
+if [[ -n "$EXP_XLA_FLAGS" ]] && ! XLA_FLAGS="$EXP_XLA_FLAGS" $PY -c "import jax.numpy as j; j.ones(4).sum().block_until_ready()" > "$W/logs/xla_flags.log" 2>&1; then
+  echo "XLA flags '$EXP_XLA_FLAGS' rejected (logs/xla_flags.log): the presets get none" | tee -a "$SUMMARY"
+  EXP_XLA_FLAGS=""
+fi
 echo "experiment XLA_FLAGS: '$EXP_XLA_FLAGS'" | tee -a "$SUMMARY"
 EXP=(env "XLA_FLAGS=$EXP_XLA_FLAGS")   # a command prefix that works under timeout
 
