@@ -30,7 +30,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig bench compile_cache} "
+STAGES=" ${STAGES:-smoke compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig bench mfu_flags compile_cache} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -131,6 +131,18 @@ done
 want bench && stage bench "${BENCH_LIMIT:-240}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
     --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_$TABLE"
 cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log" 2>/dev/null
+
+# --- 2b. MFU at width 2048 under other XLA flags (each set in its own process) -----------
+# Leads for the 65% target: cuBLAS instead of Triton GEMM fusions, and XLA's
+# latency-hiding scheduler.  xla_flags.py prints compile_s and step_ms per set.
+if want mfu_flags; then
+  stage mfu_flags 200 $PY benchmarks/xla_flags.py --out "$W/bench/mfu_flags.json" --group_steps 100000 \
+      --variant= --variant=--xla_gpu_enable_triton_gemm=false \
+      --variant=--xla_gpu_enable_latency_hiding_scheduler=true \
+      -- --width 2048 --depth 8 --batch 8 --seq 1024 --head_dim 128 --attention cudnn \
+      --dtype bf16 --peak_flops 989e12 --steps 20 --warmup 5
+  grep '^{\|^#' "$W/logs/mfu_flags.log"
+fi
 
 # --- 3. compilation cache, first run against second --------------------------------------
 want compile_cache && stage compile_cache 120 "${EXP[@]}" $PY benchmarks/compile_cache.py --steps 20 \

@@ -40,7 +40,7 @@ def run_variant(flags: str, step_args: list[str], timeout: float) -> dict:
     return {"flags": flags, "error": ((p.stderr or p.stdout).strip().splitlines() or ["no output"])[-1]}
   r = rows[-1]
   return {"flags": flags, "compile_s": r["compile_s"], "step_ms": r["step_ms"],
-          "tokens_per_s": r["tokens_per_s"], "device": r.get("device")}
+          "tokens_per_s": r["tokens_per_s"], "mfu": r.get("mfu"), "device": r.get("device")}
 
 
 def choose(results: list[dict], group_steps: int, max_slowdown: float) -> dict | None:

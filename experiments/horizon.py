@@ -18,11 +18,11 @@ from hptransfer.sweep import product, sweep  # noqa: E402
 NAME = "horizon"
 PRESETS = {
     "tiny": dict(steps=[4, 8], lrs=2.0 ** np.arange(-8, -3, 2), width=16, batch=2, seq=16,
-                 head_dim=8),
+                 head_dim=8, seeds=[0]),
     "cpu": dict(steps=[50, 100, 200, 400], lrs=2.0 ** np.arange(-11, -2), width=64,
-                batch=8, seq=64, head_dim=16),
+                batch=8, seq=64, head_dim=16, seeds=[0, 1]),
     "gpu": dict(steps=[125, 250, 500, 1000], lrs=2.0 ** np.arange(-12, -3), width=256,
-                batch=16, seq=256, head_dim=64, dtype="bfloat16"),
+                batch=16, seq=256, head_dim=64, dtype="bfloat16", seeds=[0, 1]),
 }
 
 
@@ -42,7 +42,7 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
     common.set_steps(c, steps)
     grid += product(*[sweep(f"train.{k}", [c.train[k]]) for k in
                       ("steps", "eval_every", "checkpoint_every", "log_every")],
-                    sweep("optimizer.lr", p["lrs"]))
+                    sweep("seed", p["seeds"]), sweep("optimizer.lr", p["lrs"]))
   df = common.run_sweep(config(p), grid, workdir, progress=progress)
   df["planned_tokens"] = df["train.steps"] * p["batch"] * p["seq"]
   res = common.transfer_analysis(df, "planned_tokens", "optimizer.lr", "final_train_loss",
@@ -67,10 +67,12 @@ def note(res) -> str:
   s = res["settings"]
   tokens = [float(d) for d in e["per_scale"]]
   lo, hi = min(tokens), max(tokens)
+  n = len(s.get("seeds", [0]))
+  seeds = "one seed" if n == 1 else f"{n} seeds"
   if res["beta"] is None:
     verdict = "No exponent could be fitted."
   elif res["beta_ci"][0] <= 0 <= res["beta_ci"][1]:
-    verdict = ("The 95% interval includes 0: at this scale and with one seed the run "
+    verdict = (f"The 95% interval includes 0: at this scale and with {seeds} the run "
                "neither confirms nor rules out the falling optimum.")
   else:
     verdict = "The interval excludes 0: the optimum falls with the horizon, as reported."
@@ -79,7 +81,7 @@ def note(res) -> str:
 ![loss against log2 LR per horizon]({NAME}_loss_vs_hp.png)
 
 Width {s['width']}, muP, Adam with a cosine schedule to 10% over each horizon,
-{s['steps']} steps of {s['batch']}×{s['seq']} bytes, one seed.
+{s['steps']} steps of {s['batch']}×{s['seq']} bytes, {seeds}.
 
 Grid-argmin optimum per horizon: {opts}.
 Fitted lr* ∝ D^-beta: beta = {beta}.
