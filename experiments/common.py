@@ -42,6 +42,11 @@ def parse(name: str, presets: dict, argv=None):
   global ANALYZE_ONLY
   ANALYZE_ONLY = a.analyze_only
   _ROWS.clear()
+  # The persistent compilation cache, as the CLI uses it ($HPTRANSFER_JAX_CACHE,
+  # "off" to disable): a rerun (after a kill, or with more trials) loads its
+  # programs instead of compiling them, and programs that lower to the same HLO
+  # (SP and muP at one width in the coordinate check) compile once.
+  cli.enable_compilation_cache()
   a.workdir = a.workdir or os.path.join("runs", f"{name}_{a.preset}")
   a.out = a.out or os.path.join(a.workdir, "out")
   return a

@@ -106,3 +106,18 @@ def test_analyze_only_matches_a_value_that_differs_in_its_last_bits(monkeypatch)
   assert "partial" not in common.machine()
   with pytest.raises(SystemExit, match="none of this preset"):
     common.run_sweep(cfg, sweep_lib.sweep("optimizer.lr", [trained * (1 + 1e-6)]), "other")
+
+
+def test_experiment_commands_use_the_persistent_compilation_cache(tmp_path, monkeypatch):
+  """An experiment's command line turns on the same compilation cache as the
+  CLI, where $HPTRANSFER_JAX_CACHE says, so a rerun loads its programs."""
+  import jax
+  from experiments import common
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    monkeypatch.setenv("HPTRANSFER_JAX_CACHE", str(tmp_path / "cache"))
+    common.parse("tp5_fig1", {"tiny": {}}, ["--preset", "tiny", "--workdir", str(tmp_path)])
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+    common.ANALYZE_ONLY = False
