@@ -195,6 +195,18 @@ def group_key(cfg) -> str:
   return json.dumps(kept, sort_keys=True, default=str)
 
 
+# Keys the host loop reads but the compiled step does not (the run length is in
+# the optimizer state): groups that differ only in them share one program.
+HOST_ONLY_KEYS = ("train.steps", "train.log_every", "train.eval_every",
+                  "train.checkpoint_every")
+
+
+def program_key(cfg) -> str:
+  """The part of the group key that the compiled step depends on."""
+  kept = {k: v for k, v in json.loads(group_key(cfg)).items() if k not in HOST_ONLY_KEYS}
+  return json.dumps(kept, sort_keys=True)
+
+
 def _flatten(d: Mapping, prefix: str = "") -> dict:
   out = {}
   for k, v in d.items():
@@ -268,9 +280,12 @@ def _guarded_step(built, tx, cfg):
   inner_step = train_lib.make_train_step(built, tx, cfg.model.get("z_loss", 0.0),
                                          leaf_rms=False)
   mult = float(cfg.train.get("divergence_mult", 3.0))
-  tail_start = cfg.train.steps - max(1, cfg.train.steps // 10)
 
   def step(state, consts, batch):
+    # The run length comes from the optimizer state, so the program does not
+    # depend on it (runs of different lengths share it).
+    total = optim.get_hparams(state["opt_state"])["steps"]
+    tail_start = total - jnp.maximum(1, total // 10)
     inner = {k: state[k] for k in ("step", "params", "opt_state")}
     new, m = inner_step(inner, consts, batch)
     loss = m["loss"]
@@ -303,7 +318,8 @@ def _init_group(builts, txs, trials):
   stds = _stack([b.leaf_trees()["init_std"] for b in builts])
   params, opt = jax.jit(jax.vmap(lambda k, s: init_one(jax.random.wrap_key_data(k), s)))(
       keys, stds)
-  hp = _stack([optim.hparams(t.cfg.optimizer, b.leaf_trees()) for t, b in builtins.zip(trials, builts)])
+  hp = _stack([optim.hparams(t.cfg.optimizer, b.leaf_trees(), t.cfg.train.steps)
+               for t, b in builtins.zip(trials, builts)])
   K = len(trials)
   return {"step": jnp.zeros([K], jnp.int32), "params": params,
           "opt_state": optim.with_hparams(opt, hp),
@@ -420,11 +436,11 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     batch = dataset.batch(cfg.data.seed, step, B, T, split)
     return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
 
-  # Chunks of one group (and resumed groups) share the compiled program: it
-  # depends only on the group key, K, the shardings, the trial loop and the
-  # XLA options (HPTRANSFER_CPU_DOTS).
+  # Chunks of one group, resumed groups and groups that differ only in run
+  # length share the compiled program: it depends only on the program key, K,
+  # the shardings, the trial loop and the XLA options (HPTRANSFER_CPU_DOTS).
   loop = resolve_trial_loop(trial_loop, state_sharding is not None or batch_sharding is not None)
-  ckey = (group_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop,
+  ckey = (program_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop,
           tuple(sorted(train_lib.compiler_options().items())))
   if ckey not in _COMPILED:
     _COMPILED[ckey] = compile_group(b0, txs[0], cfg, loop)

@@ -112,3 +112,36 @@ def test_grad_clip():
   tx = optim.build(_ocfg(name="sgd", b1=0.0, grad_clip=1e-3), _ones(PARAMS), 10)
   upd, _ = tx.update(_grads(0), tx.init(PARAMS), PARAMS)
   assert float(optax.tree.norm(upd)) == pytest.approx(0.1 * 1e-3, rel=1e-5)
+
+
+def _optax_schedule(ocfg, total):
+  """The schedules as optax writes them, with the run length a Python number."""
+  w, end = ocfg.warmup_steps, ocfg.final_lr_ratio
+  rest = max(total - w, 1)
+  warm = optax.linear_schedule(0.0, 1.0, w)
+  if ocfg.schedule == "constant":
+    return optax.join_schedules([warm, optax.constant_schedule(1.0)], [w])
+  if ocfg.schedule == "cosine":
+    return optax.join_schedules([warm, optax.cosine_decay_schedule(1.0, rest, alpha=end)], [w])
+  if ocfg.schedule == "linear":
+    return optax.join_schedules([warm, optax.linear_schedule(1.0, end, rest)], [w])
+  decay = max(int(round(ocfg.decay_fraction * total)), 1)
+  return optax.join_schedules(
+      [warm, optax.constant_schedule(1.0), optax.linear_schedule(1.0, end, decay)],
+      [w, max(total - decay, w)])
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "linear", "wsd"])
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_schedules_match_optax_with_the_run_length_traced(name, warmup):
+  """schedule_factor gives optax's values, also when the run length is a
+  traced input of one compiled function (how runs of different lengths share
+  a program)."""
+  ocfg = _ocfg(schedule=name, warmup_steps=warmup, final_lr_ratio=0.1, decay_fraction=0.3)
+  f = jax.jit(lambda ts, n: jax.vmap(lambda t: optim.schedule_factor(ocfg, t, n))(ts))
+  ts = jnp.arange(340)
+  for total in (5, 40, 333):
+    ours = np.asarray(f(ts, jnp.int32(total)))[:total + 3]
+    ref = np.asarray([float(_optax_schedule(ocfg, total)(t)) for t in range(total + 3)])
+    np.testing.assert_allclose(ours, ref, atol=2e-6, err_msg=f"{name} total={total}")
+  assert f._cache_size() == 1          # one program for every run length

@@ -236,3 +236,31 @@ def test_mapped_and_vmapped_groups_train_the_same_trials(tmp_path):
   assert rows["map"][1e-3]["final_eval_loss"] != pytest.approx(rows["map"][1e-2]["final_eval_loss"])
   with pytest.raises(S.SweepError, match="trial_loop"):
     S.run(cfg, S.sweep("optimizer.lr", lrs), str(tmp_path / "bad"), trial_loop="scan")
+
+
+def test_groups_that_differ_only_in_run_length_share_one_program(tmp_path):
+  """The run length lives in the optimizer state: a horizon sweep compiles one
+  step, and each group still trains with its own schedule and loss tail, the
+  same as when its program is compiled for it alone."""
+  cfg = tiny_config(**{**FAST, "optimizer.schedule": "cosine", "optimizer.warmup_steps": 2})
+  grid = S.product(S.sweep("train.steps", [6, 12]), S.sweep("optimizer.lr", [1e-3, 1e-2]))
+  S._COMPILED.clear()
+  import pandas as pd
+  shared = pd.DataFrame(S.run(cfg, grid, str(tmp_path / "shared"), progress=False))
+  assert len(shared.group_id.unique()) == 2
+  assert len(S._COMPILED) == 1
+  alone = {}
+  for steps in (6, 12):
+    S._COMPILED.clear()
+    rows = S.run(cfg, S.product(S.sweep("train.steps", [steps]),
+                                S.sweep("optimizer.lr", [1e-3, 1e-2])),
+                 str(tmp_path / f"alone{steps}"), progress=False)
+    alone.update({(steps, r["optimizer.lr"]): r for r in rows})
+  for r in shared.to_dict("records"):
+    a = alone[(r["train.steps"], r["optimizer.lr"])]
+    assert r["steps"] == r["train.steps"]
+    for key in ("final_train_loss", "final_eval_loss"):
+      assert r[key] == pytest.approx(a[key], rel=1e-6), (r["train.steps"], key)
+  six = shared[shared["train.steps"] == 6].final_train_loss.to_numpy()
+  twelve = shared[shared["train.steps"] == 12].final_train_loss.to_numpy()
+  assert not np.allclose(six, twelve)
