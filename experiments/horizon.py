@@ -76,6 +76,19 @@ def note(res) -> str:
                "neither confirms nor rules out the falling optimum.")
   else:
     verdict = "The interval excludes 0: the optimum falls with the horizon, as reported."
+  # The interval comes from resampling seeds around sub-grid (quadratic)
+  # optima; where the grid's own argmin does not fall from the shortest to the
+  # longest horizon, the slope rests on where a flat basin bottoms out, which
+  # round-off-sized changes to the run can move.  Say so rather than claim it.
+  argmins = [v["argmin_log2"] for _, v in sorted(e["per_scale"].items(), key=lambda kv: float(kv[0]))
+             if v["argmin_log2"] is not None]
+  if res["beta"] is not None and len(argmins) >= 2 and argmins[-1] >= argmins[0]:
+    flat = (f"the grid argmin does not fall from the shortest to the longest horizon "
+            f"(2^{argmins[0]:g} → 2^{argmins[-1]:g}): the exponent rests on sub-grid "
+            "estimates in a flat basin, which changes at the level of float round-off can "
+            "move, so treat it as inconclusive.")
+    verdict = (f"The interval excludes 0, but {flat}" if verdict.startswith("The interval")
+               else f"{verdict}  Also, {flat}")
   return f"""# Training horizon — preset `{res['preset']}`
 
 ![loss against log2 LR per horizon]({NAME}_loss_vs_hp.png)
