@@ -117,7 +117,14 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
     tot = pooled.get(g, (0.0, 0))
     pooled[g] = (tot[0] + ss, tot[1] + dof)
   noise = {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in pooled.items()}
-  for (g, sc), curve in curves.items():
+  # Several seeds: their spread, pooled over the group's points.
+  spread = {}
+  for (g, _), curve in curves.items():
+    ss, dof = opt_lib.seed_ss(curve)
+    tot = spread.get(g, (0.0, 0))
+    spread[g] = (tot[0] + ss, tot[1] + dof)
+  seed_sd = {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in spread.items()}
+  for index, ((g, sc), curve) in enumerate(curves.items()):
     name = ", ".join(f"{v:g}" for v in sc) + (f" ({g})" if g else "")
     if not np.isfinite(curve.mean).any():
       warn(f"warning: every run at scale {name} diverged; it is left out. "
@@ -136,7 +143,11 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
     for est in estimators:
       kw = {"tol": band_tol} if est == "band" else {}
       o = opt_lib.estimate(curve.x, curve.mean, est, **kw)
-      b = opt_lib.bootstrap(curve, est, n_boot=n_boot, noise_sd=noise.get(g), **kw)
+      # Each curve draws its own noise (seed = its index): with one shared
+      # stream every curve's replicate r moved the same way, which cancels in
+      # a fitted slope and made its interval far too narrow.
+      b = opt_lib.bootstrap(curve, est, n_boot=n_boot, noise_sd=noise.get(g),
+                            seed_sd=seed_sd.get(g), seed=index, **kw)
       lo, hi = np.nanquantile(b, [a, 1 - a])
       rows.append({"group": g, "scale": sc, "estimator": est, "optimum": 2.0 ** o,
                    "ci_low": 2.0 ** lo, "ci_high": 2.0 ** hi, "edge": edge,

@@ -102,11 +102,13 @@ def run_sweep(base_cfg, overrides, workdir, progress=True, **kw):
 
 def _match_float_noise(trials, df) -> set:
   """Trial ids, where a trial whose id is missing takes the id of the one row
-  whose swept values equal its own up to float round-off (rtol 1e-9).
+  whose swept values, and the config values every row records (ROW_KEYS),
+  equal its own up to float round-off (rtol 1e-9).
 
   A value computed from other rows (the demo's predicted LR) can differ in the
   last bits between the machine that trained and the one that analyses, which
   changes the trial id; the row is still that trial's."""
+  import pandas as pd
   ids = set()
   have = set(df.trial_id) if len(df) else set()
   for t in trials:
@@ -114,13 +116,18 @@ def _match_float_noise(trials, df) -> set:
       ids.add(t.id)
       continue
     mask = np.ones(len(df), bool)
-    for k, v in t.overrides.items():
+    # The swept values and the config values every row records.
+    keys = {**{k: sweep_lib._get(t.cfg, k) for k in sweep_lib.ROW_KEYS}, **t.overrides}
+    for k, v in keys.items():
       if k not in df:
-        mask[:] = False
-        break
+        if k in t.overrides:     # a swept key the rows lack: no match
+          mask[:] = False
+          break
+        continue
       col = df[k].to_numpy()
       if isinstance(v, float):
-        mask &= np.isclose(col.astype(float), v, rtol=1e-9, atol=0)
+        mask &= np.isclose(pd.to_numeric(df[k], errors="coerce").to_numpy(float), v,
+                           rtol=1e-9, atol=0)
       else:
         mask &= col == v
     hits = df.trial_id[mask].unique()

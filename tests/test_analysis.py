@@ -63,6 +63,51 @@ def test_rule_exponent_ci_covers_the_truth():
   assert np.median(widths) < 0.2   # and the intervals are informative
 
 
+def test_exponent_ci_covers_the_truth_when_every_grid_is_centred_on_its_optimum():
+  """Each curve's bootstrap draws its own noise.  With one shared stream, curves
+  whose grids sit the same way around their optima moved together in every
+  replicate, the shifts cancelled in the slope, and its 95% interval was about
+  30x too narrow (it covered the truth in few repetitions)."""
+  from analysis.rules import fit_rule
+  hits = 0
+  for rep in range(40):
+    rng = np.random.default_rng(rep)
+    rows = []
+    for w in WIDTHS:
+      x_star = -2.0 - 0.8 * np.log2(w)
+      for x in np.arange(x_star - 4, x_star + 4.01, 0.5):
+        for s in range(3):
+          rows.append({"model.width": w, "optimizer.lr": 2.0 ** x,
+                       "final_eval_loss": 2.0 + 0.03 * (x - x_star) ** 2 + rng.normal(0, 0.003)})
+    curves = fit.build_curves(pd.DataFrame(rows), ["model.width"], "optimizer.lr",
+                              "final_eval_loss")
+    optima, boots = fit.optima_table(curves, ("quadratic",), n_boot=200, warn=lambda m: None)
+    rule = fit_rule(np.array([list(s) for s in optima.scale]), optima.log2_optimum.to_numpy(),
+                    np.stack([boots[("", s)] for s in optima.scale]), ["model.width"])
+    lo, hi = rule.exponents_ci[0]
+    hits += lo <= -0.8 <= hi
+  assert hits >= 34, hits
+
+
+def test_few_seeds_use_the_spread_pooled_over_the_group():
+  """With two seeds, a point whose two losses happen to agree still varies in
+  the bootstrap (at the group's pooled spread); resampling its seeds alone
+  would give it none."""
+  x = np.arange(-10.0, -3.0)
+  base = 2.0 + 0.005 * (x + 7) ** 2
+  losses = [np.array([v - 0.01, v + 0.01]) for v in base]
+  losses[3] = np.array([base[3], base[3]])          # the optimum's seeds agree
+  curve = opt_lib.Curve(x=x, losses=losses)
+  ss, dof = opt_lib.seed_ss(curve)
+  assert dof == 7 and ss == pytest.approx(6 * 2 * 0.01 ** 2)
+  pooled = float(np.sqrt(ss / dof))
+  b = opt_lib.bootstrap(curve, "argmin", n_boot=300, seed_sd=pooled)
+  assert len(np.unique(b)) > 1                        # the optimum moves in some replicates
+  plain = opt_lib.bootstrap(curve, "quadratic", n_boot=300)
+  pooled_b = opt_lib.bootstrap(curve, "quadratic", n_boot=300, seed_sd=pooled)
+  assert np.std(pooled_b) > np.std(plain)
+
+
 def test_drift_slope_and_prediction():
   df = pd.concat([synthetic(k=-1.0).assign(p="sp"), synthetic(k=0.0, log2_c=-8.0, seed=1).assign(p="mup")])
   _, optima, rules = fit.analyze(df, ["model.width"], "optimizer.lr", "final_eval_loss",
