@@ -121,11 +121,11 @@ def bootstrap(curve: Curve, method: str, n_boot: int = 500, seed: int = 0,
   if curve.n_seeds > 1:
     Y = np.empty((n_boot, n))
     for j, l in enumerate(curve.losses):
-      draws = rng.choice(l, size=(n_boot, len(l)))
       if np.all(np.isfinite(l)) and seed_sd and len(l) < FEW_SEEDS:
-        sd = seed_sd
-        Y[:, j] = l.mean() + rng.normal(0.0, sd / np.sqrt(len(l)), size=n_boot)
-      elif np.all(np.isfinite(l)):
+        Y[:, j] = l.mean() + rng.normal(0.0, seed_sd / np.sqrt(len(l)), size=n_boot)
+        continue
+      draws = rng.choice(l, size=(n_boot, len(l)))
+      if np.all(np.isfinite(l)):
         m = l.mean()
         Y[:, j] = m + (draws.mean(1) - m) * np.sqrt(len(l) / (len(l) - 1))
       else:   # a resample that draws a censored seed is censored

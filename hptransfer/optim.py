@@ -38,7 +38,7 @@ class HpOptState(NamedTuple):
   count: jax.Array
   mu: Any
   nu: Any
-  hparams: dict   # lr, wd, eps (scalars) and lr_mult, wd_mult, eps_mult (trees)
+  hparams: dict   # lr, wd, eps, steps (scalars) and lr_mult, wd_mult, eps_mult (trees)
 
 
 def schedule_factor(ocfg, count, total_steps):
