@@ -1,0 +1,97 @@
+"""The three matmul forms of a Dense layer's training step, JAX against torch.
+
+    python benchmarks/matmul_forms.py [--tokens 2048] [--width 256] [--rounds 40]
+
+A Dense layer with input x [tokens, d_in] and weight w [d_in, d_out] runs three
+matmuls per training step: the forward ``x @ w`` (NN), the input gradient
+``dy @ w.T`` (NT) and the weight gradient ``x.T @ dy`` (TN, contracting the
+token dimension).  This times each form at the Transformer's four Dense shapes
+(qkv-sized d -> 3d, the output projection d -> d, the MLP's d -> 4d and
+4d -> d), in JAX with the step's compiler options (``hptransfer.train``) and,
+if torch is installed, in torch eager (its matmuls are what torch.compile
+calls), interleaved in a random order each round.  Prints one JSON line per
+shape and form with the median milliseconds and GFLOP/s, and the JAX / torch
+time ratio.
+
+Why: at width 256 the whole step's matmuls take 217-230 ms in JAX against
+187-192 ms in torch (docs/performance.md); this says which form holds the gap.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hptransfer import train as train_lib  # noqa: E402
+
+FORMS = {
+    "NN (forward)": lambda x, w, dy: (x, w),
+    "NT (input grad)": lambda x, w, dy: (dy, w.T),
+    "TN (weight grad)": lambda x, w, dy: (x.T, dy),
+}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--tokens", type=int, default=2048)
+  ap.add_argument("--width", type=int, default=256)
+  ap.add_argument("--rounds", type=int, default=40)
+  args = ap.parse_args(argv)
+  d, n = args.width, args.tokens
+  try:
+    import torch   # its default thread count, as in benchmarks/train_step.py
+  except ImportError:
+    torch = None
+  rng = np.random.default_rng(0)
+  opts = train_lib.compiler_options()
+  order = np.random.default_rng(1)
+  for d_in, d_out in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)):
+    x = rng.standard_normal((n, d_in), dtype=np.float32)
+    w = rng.standard_normal((d_in, d_out), dtype=np.float32)
+    dy = rng.standard_normal((n, d_out), dtype=np.float32)
+    for form, pick in FORMS.items():
+      runners = {}
+      # JAX: the transpose inside the jitted function, as in a gradient.
+      f = jax.jit(lambda x, w, dy, pick=pick: jnp.dot(*pick(x, w, dy)),
+                  compiler_options=opts)
+      xj, wj, dyj = map(jnp.asarray, (x, w, dy))
+      f(xj, wj, dyj).block_until_ready()
+      runners["jax"] = lambda f=f: f(xj, wj, dyj).block_until_ready()
+      if torch is not None:
+        xt, wt, dyt = map(torch.from_numpy, (x, w, dy))
+        runners["torch"] = lambda xt=xt, wt=wt, dyt=dyt, pick=pick: torch.mm(*pick(xt, wt, dyt))
+      for run in runners.values():
+        for _ in range(3):
+          run()
+      times = {k: [] for k in runners}
+      for _ in range(args.rounds):
+        for k in order.permutation(list(runners)):
+          t = time.perf_counter()
+          runners[k]()
+          times[k].append(time.perf_counter() - t)
+      flops = 2 * n * d_in * d_out
+      row = {"shape": f"{n}x{d_in} @ {d_in}x{d_out}", "form": form}
+      for k, ts in times.items():
+        s = float(np.median(ts))
+        row[f"{k}_ms"] = round(1e3 * s, 3)
+        row[f"{k}_gflops"] = round(flops / s / 1e9, 1)
+      if "torch" in times:
+        r = np.asarray(times["jax"]) / np.asarray(times["torch"])
+        row["jax_over_torch"] = round(float(np.median(r)), 3)
+      print(json.dumps(row), flush=True)
+  print(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                    "torch": torch.__version__ if torch is not None else None,
+                    "cpu_dots": train_lib.cpu_dots() if jax.default_backend() == "cpu"
+                    else None}))
+
+
+if __name__ == "__main__":
+  main()
