@@ -117,7 +117,13 @@ def _match_float_noise(trials, df) -> set:
       continue
     mask = np.ones(len(df), bool)
     # The swept values and the config values every row records.
-    keys = {**{k: sweep_lib._get(t.cfg, k) for k in sweep_lib.ROW_KEYS}, **t.overrides}
+    keys = {}
+    for k in sweep_lib.ROW_KEYS:
+      try:
+        keys[k] = sweep_lib._get(t.cfg, k)
+      except (KeyError, AttributeError):   # a config without that section
+        pass
+    keys.update(t.overrides)
     for k, v in keys.items():
       if k not in df:
         if k in t.overrides:     # a swept key the rows lack: no match
