@@ -105,25 +105,26 @@ def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
 # Analysis.
 
 
+def _pooled_sd(curves, sum_of_squares) -> dict:
+  """{group: sqrt(pooled sum of squares / pooled dof)} over the group's curves,
+  ``sum_of_squares(curve) -> (ss, dof)``; None where a group has no dof."""
+  pooled = {}
+  for (g, _), curve in curves.items():
+    ss, dof = sum_of_squares(curve)
+    tot = pooled.get(g, (0.0, 0))
+    pooled[g] = (tot[0] + ss, tot[1] + dof)
+  return {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in pooled.items()}
+
+
 def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
                  n_boot=500, level=0.95, band_tol=0.0025, warn=print):
   """One row per (group, scale, estimator), and the primary's bootstrap draws."""
   rows, boots = [], {}
   a = (1 - level) / 2
-  # One seed per point: the loss noise is pooled over the curves of a group.
-  pooled = {}
-  for (g, _), curve in curves.items():
-    ss, dof = opt_lib.residual_ss(curve)
-    tot = pooled.get(g, (0.0, 0))
-    pooled[g] = (tot[0] + ss, tot[1] + dof)
-  noise = {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in pooled.items()}
+  # One seed per point: the loss noise near the optimum, pooled per group.
+  noise = _pooled_sd(curves, opt_lib.residual_ss)
   # Several seeds: their spread, pooled over the group's points.
-  spread = {}
-  for (g, _), curve in curves.items():
-    ss, dof = opt_lib.seed_ss(curve)
-    tot = spread.get(g, (0.0, 0))
-    spread[g] = (tot[0] + ss, tot[1] + dof)
-  seed_sd = {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in spread.items()}
+  seed_sd = _pooled_sd(curves, opt_lib.seed_ss)
   for index, ((g, sc), curve) in enumerate(curves.items()):
     name = ", ".join(f"{v:g}" for v in sc) + (f" ({g})" if g else "")
     if not np.isfinite(curve.mean).any():

@@ -51,7 +51,6 @@ def main(argv=None):
   except ImportError:
     torch = None
   rng = np.random.default_rng(0)
-  opts = train_lib.compiler_options()
   order = np.random.default_rng(1)
   for d_in, d_out in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)):
     x = rng.standard_normal((n, d_in), dtype=np.float32)
@@ -60,8 +59,7 @@ def main(argv=None):
     for form, pick in FORMS.items():
       runners = {}
       # JAX: the transpose inside the jitted function, as in a gradient.
-      f = jax.jit(lambda x, w, dy, pick=pick: jnp.dot(*pick(x, w, dy)),
-                  compiler_options=opts)
+      f = train_lib.jit_step(lambda x, w, dy, pick=pick: jnp.dot(*pick(x, w, dy)))
       xj, wj, dyj = map(jnp.asarray, (x, w, dy))
       f(xj, wj, dyj).block_until_ready()
       runners["jax"] = lambda f=f: f(xj, wj, dyj).block_until_ready()

@@ -130,12 +130,11 @@ def _match_float_noise(trials, df) -> set:
           mask[:] = False
           break
         continue
-      col = df[k].to_numpy()
       if isinstance(v, float):
         mask &= np.isclose(pd.to_numeric(df[k], errors="coerce").to_numpy(float), v,
                            rtol=1e-9, atol=0)
       else:
-        mask &= col == v
+        mask &= df[k].to_numpy() == v
     hits = df.trial_id[mask].unique()
     ids.add(hits[0] if len(hits) == 1 else t.id)
   return ids
@@ -189,8 +188,9 @@ def machine() -> dict:
          "jax": jax_version, "platform": platform.platform()}
   out["where"] = (f"{device} ({out['cpus']} CPUs)" if device == "cpu"
                   else f"one {device} (jax {jax_version})")
-  if _partial():
-    out["partial"] = _partial()
+  partial = _partial()
+  if partial:
+    out["partial"] = partial
   return out
 
 
@@ -214,8 +214,9 @@ def _default(o):
 
 def write_note(out: str, name: str, text: str) -> str:
   path = os.path.join(out, f"{name}.md")
-  if _partial():
-    text += (f"\n**Partial run:** these numbers use {_partial()}; the others never ran "
+  partial = _partial()
+  if partial:
+    text += (f"\n**Partial run:** these numbers use {partial}; the others never ran "
              "(the settings above list what the preset asks for, not what ran).\n")
   with open(path, "w") as f:
     f.write(text)
