@@ -1,7 +1,7 @@
 """Where a training step's time goes: a jax.profiler trace, summed by op.
 
     python benchmarks/profile_step.py --width 256 --depth 4 --batch 16 --seq 128 \
-        [--vmap K] [--dtype bf16] [--steps 5] [--top 30] [--trace_dir /tmp/trace]
+        [--vmap K] [--dtype bf16] [--matmul_dtype bf16] [--steps 5] [--top 30] [--trace_dir /tmp/trace]
 
 Builds the same step as ``train_step.py``, warms it up, traces ``--steps``
 steps with ``jax.profiler.trace(create_perfetto_trace=True)``, and prints the
@@ -63,6 +63,7 @@ def main():
                    steps=5, top=30).items():
     ap.add_argument(f"--{k}", type=int, default=v)
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+  ap.add_argument("--matmul_dtype", default="", choices=["", "bf16"])
   ap.add_argument("--attention", default="auto", choices=["auto", "xla", "blocked", "cudnn"])
   ap.add_argument("--trace_dir", default="/tmp/hptransfer_trace")
   ap.add_argument("--hlo", action="store_true")

@@ -1,7 +1,8 @@
 """Training-step throughput of the project's own model and step.
 
     python benchmarks/train_step.py --model transformer --width 256 --depth 4 \
-        --batch 16 --seq 128 [--vmap K] [--dtype bf16] [--torch] [--peak_flops F]
+        --batch 16 --seq 128 [--vmap K] [--dtype bf16] [--matmul_dtype bf16] [--torch] \
+        [--torch_dtype fp32|bf16] [--peak_flops F]
     python benchmarks/train_step.py --table [cpu|gpu] [--torch] [--out docs/train_step]
 
 Prints one JSON line per configuration: ``tokens_per_s``, ``step_ms`` (median
@@ -20,7 +21,10 @@ GPT, RMSNorm, GELU MLP, learned positions, untied readout, AdamW) under
 ``torch.compile``, from ``requirements-bench.txt``; the two are interleaved
 step by step (in a random order each round) so both see the same machine
 state, and the JAX row carries ``vs_torch``, the median over rounds of the
-per-round ratio of tokens/s, with its quartiles.
+per-round ratio of tokens/s, with its quartiles.  ``--matmul_dtype bf16``
+gives the JAX model bf16 matmul operands with f32 accumulation and float32
+activations (``model.matmul_dtype``); torch then runs under bf16 autocast
+(``--torch_dtype`` overrides), so both do their matmuls in bf16.
 
 Model FLOPs: 6 x (matmul parameters) + 12 x depth x seq x width per token
 (``hptransfer.sweep.flops_per_token``), the same for both frameworks.
@@ -73,6 +77,7 @@ def jax_step(args):
   cfg.model.width, cfg.model.depth = args.width, args.depth
   cfg.model.head_dim = min(args.head_dim, args.width)
   cfg.model.compute_dtype = "bfloat16" if args.dtype == "bf16" else "float32"
+  cfg.model.matmul_dtype = "bfloat16" if args.matmul_dtype == "bf16" else ""
   cfg.model.attention = args.attention
   # Base shape: at most the width, and a whole number of heads.
   cfg.parameterization.base_width = max(cfg.model.head_dim,
@@ -98,7 +103,7 @@ def jax_step(args):
     state = train_lib.init_state(built, tx, 0)
     consts = built.consts()
     fn = train_lib.jit_step(train_lib.make_train_step(built, tx, leaf_rms=False),
-                            donate_argnums=0)
+                            train_lib.matmul_dtype(cfg), donate_argnums=0)
   holder = {"s": state}
 
   def step():
@@ -158,7 +163,7 @@ def torch_step(args):
   mode = args.torch_mode or ("reduce-overhead" if dev == "cuda" else "default")
   compiled = torch.compile(model, mode=mode)
   data = torch.randint(0, V, (args.batch, T + 1), device=dev)
-  dtype = torch.bfloat16 if args.dtype == "bf16" else None
+  dtype = torch.bfloat16 if _torch_dtype(args) == "bf16" else None
 
   def step():
     with torch.autocast(dev, dtype=dtype, enabled=dtype is not None):
@@ -171,6 +176,15 @@ def torch_step(args):
       torch.cuda.synchronize()
     return loss.item()
   return step
+
+
+def _torch_dtype(args) -> str:
+  """torch's autocast dtype: ``--torch_dtype``, else bf16 when the JAX step's
+  matmuls are bf16 (``--dtype bf16`` or ``--matmul_dtype bf16``), so that both
+  run the same matmul precision."""
+  if args.torch_dtype:
+    return args.torch_dtype
+  return "bf16" if "bf16" in (args.dtype, args.matmul_dtype) else "fp32"
 
 
 def _peak_mem_mb(framework="jax"):
@@ -217,7 +231,9 @@ def measure(args) -> list[dict]:
   for k, ts in times.items():
     s = float(np.median(ts))
     row = {"framework": k, "model": "transformer", "width": args.width, "depth": args.depth,
-           "batch": args.batch, "seq": args.seq, "vmap": args.vmap, "dtype": args.dtype,
+           "batch": args.batch, "seq": args.seq, "vmap": args.vmap,
+           "dtype": args.dtype if k == "jax" else _torch_dtype(args),
+           "matmul_dtype": (args.matmul_dtype or args.dtype) if k == "jax" else _torch_dtype(args),
            "params": n_params, "tokens_per_s": K * args.batch * args.seq / s,
            "step_ms": 1e3 * s, "round_ms": [round(1e3 * t, 2) for t in ts],
            "compile_s": compile_s[k],
@@ -233,7 +249,7 @@ def measure(args) -> list[dict]:
       row["vs_torch"] = float(np.median(r))
       row["vs_torch_iqr"] = [float(np.percentile(r, 25)), float(np.percentile(r, 75))]
     if k == "jax" and jax.default_backend() == "cpu":
-      row["cpu_dots"] = train_lib.cpu_dots()
+      row["cpu_dots"] = train_lib.cpu_dots("bfloat16" if args.matmul_dtype == "bf16" else "")
     if k == "torch":
       import torch
       row["torch"] = torch.__version__
@@ -291,6 +307,11 @@ def main():
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--vmap", type=int, default=0)
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+  ap.add_argument("--matmul_dtype", default="", choices=["", "bf16"],
+                  help="bf16: the JAX model's dense-layer operands in bf16 with f32 "
+                  "accumulation, activations in --dtype (model.matmul_dtype)")
+  ap.add_argument("--torch_dtype", default="", choices=["", "fp32", "bf16"],
+                  help="torch's autocast dtype; default: bf16 when the JAX matmuls are")
   ap.add_argument("--attention", default="auto", choices=["auto", "xla", "blocked", "cudnn"])
   ap.add_argument("--torch", action="store_true")
   ap.add_argument("--torch_mode", default="",

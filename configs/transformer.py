@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.qk_norm = False             # RMSNorm on queries and keys per head
   c.model.z_loss = 0.0                # coefficient of log(Z)^2 in the loss
   c.model.compute_dtype = "float32"   # float32 | bfloat16 (params stay float32)
+  c.model.matmul_dtype = ""           # "" (the compute dtype) | bfloat16: dense layers'
+                                      # operands in bf16, f32 accumulation, activations
+                                      # in the compute dtype (hptransfer/models/lowp.py)
   c.model.attention = "auto"          # auto (blocked on CPU, xla elsewhere) | xla |
                                       #   blocked | cudnn (fused kernel: GPU, bfloat16)
   c.model.attention_block = 64        # blocked: query block; skips the masked

@@ -35,6 +35,12 @@ def validate(cfg) -> None:
   _positive_int(m.depth, "model.depth")
   _one_of(m.activation, tuple(ACTIVATIONS), "model.activation")
   _one_of(m.compute_dtype, tuple(DTYPES), "model.compute_dtype")
+  if m.get("matmul_dtype"):
+    _one_of(m.matmul_dtype, ("bfloat16",), "model.matmul_dtype")
+    if m.name != "transformer":
+      raise ConfigError(f"model.matmul_dtype={m.matmul_dtype!r} is implemented for the "
+                        f"transformer only; set --config.model.matmul_dtype='' for "
+                        f"model.name={m.name!r}")
   _one_of(p.name, P.PARAMETERIZATIONS, "parameterization.name")
   _positive_int(p.base_width, "parameterization.base_width")
   _positive_int(p.base_depth, "parameterization.base_depth")

@@ -156,9 +156,18 @@ def _get(cfg, key: str):
   return node
 
 
+# Config keys added after results were published: a trial's id leaves them out
+# while they hold their default, so ids, and with them resuming a workdir and
+# matching the committed rows, stay what they were.
+ID_OMITTED_DEFAULTS = {("model", "matmul_dtype"): ""}
+
+
 def trial_id(cfg) -> str:
   d = cfg.to_dict()
   d.pop("wandb", None)   # logging does not change the trial
+  for (section, key), default in ID_OMITTED_DEFAULTS.items():
+    if key in d.get(section, {}) and d[section][key] == default:
+      del d[section][key]
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -385,17 +394,18 @@ def compile_group(built, tx, cfg, loop: str):
   resolve_trial_loop); the batch is shared by every trial."""
   guarded = _guarded_step(built, tx, cfg)
   evaluate = train_lib.make_eval_step(built)
+  mm = train_lib.matmul_dtype(cfg)
   if loop == "vmap":
-    return (train_lib.jit_step(jax.vmap(guarded, in_axes=(0, 0, None)), donate_argnums=0),
-            train_lib.jit_step(jax.vmap(evaluate, in_axes=(0, 0, None))))
+    return (train_lib.jit_step(jax.vmap(guarded, in_axes=(0, 0, None)), mm, donate_argnums=0),
+            train_lib.jit_step(jax.vmap(evaluate, in_axes=(0, 0, None)), mm))
 
   def step(state, consts, batch):
     return jax.lax.map(lambda sc: guarded(sc[0], sc[1], batch), (state, consts))
 
   def evaluate_all(params, consts, batch):
     return jax.lax.map(lambda pc: evaluate(pc[0], pc[1], batch), (params, consts))
-  return (train_lib.jit_step(step, donate_argnums=0),
-          train_lib.jit_step(evaluate_all))
+  return (train_lib.jit_step(step, mm, donate_argnums=0),
+          train_lib.jit_step(evaluate_all, mm))
 
 
 def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int = 0,
@@ -441,7 +451,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   # the shardings, the trial loop and the XLA options (HPTRANSFER_CPU_DOTS).
   loop = resolve_trial_loop(trial_loop, state_sharding is not None or batch_sharding is not None)
   ckey = (program_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop,
-          tuple(sorted(train_lib.compiler_options().items())))
+          tuple(sorted(train_lib.compiler_options(train_lib.matmul_dtype(cfg)).items())))
   if ckey not in _COMPILED:
     _COMPILED[ckey] = compile_group(b0, txs[0], cfg, loop)
   vstep, veval = _COMPILED[ckey]
@@ -479,7 +489,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   final = jax.device_get({k: state[k] for k in ("step", "alive", "diverged_step",
                                                 "tail_sum", "tail_n")})
   wall = time.time() - t0
-  versions = train_lib.versions()
+  versions = train_lib.versions(train_lib.matmul_dtype(cfg))
   fpt = flops_per_token(b0)
   rows = []
   for k, trial in enumerate(group.trials):   # padding copies are dropped here

@@ -38,7 +38,7 @@ from hptransfer import data as data_lib
 from hptransfer import optim
 
 
-def versions() -> dict[str, str]:
+def versions(matmul_dtype: str = "") -> dict[str, str]:
   import flax
   import orbax.checkpoint as ocp
   return {"python": platform.python_version(), "jax": jax.__version__,
@@ -46,7 +46,7 @@ def versions() -> dict[str, str]:
           "flax": flax.__version__, "optax": optax.__version__,
           "orbax": ocp.__version__, "numpy": np.__version__,
           "device": str(jax.devices()[0].device_kind), "platform": platform.platform(),
-          "cpu_dots": cpu_dots() if jax.default_backend() == "cpu" else ""}
+          "cpu_dots": cpu_dots(matmul_dtype) if jax.default_backend() == "cpu" else ""}
 
 
 # ----------------------------------------------------------------------------
@@ -61,8 +61,16 @@ _CPU_DOTS = {
 }
 
 
-def cpu_dots() -> str:
-  lib = os.environ.get(CPU_DOTS_ENV, "eigen")
+def matmul_dtype(cfg) -> str:
+  """``cfg.model.matmul_dtype`` ("" when unset: the compute dtype)."""
+  return cfg.model.get("matmul_dtype", "") or ""
+
+
+def cpu_dots(matmul_dtype: str = "") -> str:
+  """The CPU matmul library of a step: ``$HPTRANSFER_CPU_DOTS`` when set,
+  else ynn for bfloat16 matmuls (Eigen has no bf16 kernels: XLA would run
+  them in float32) and eigen otherwise."""
+  lib = os.environ.get(CPU_DOTS_ENV) or ("ynn" if matmul_dtype == "bfloat16" else "eigen")
   if lib not in _CPU_DOTS:
     raise configlib.ConfigError(
         f"{CPU_DOTS_ENV}={lib!r} is not one of {', '.join(_CPU_DOTS)}; "
@@ -70,25 +78,27 @@ def cpu_dots() -> str:
   return lib
 
 
-def compiler_options() -> dict:
+def compiler_options(matmul_dtype: str = "") -> dict:
   """XLA options the training and evaluation steps are compiled with.
 
-  On CPU the matmuls go to XLA's Eigen emitter instead of YNNPACK fusions
-  (``$HPTRANSFER_CPU_DOTS``: eigen, the default, or ynn).  Eigen is 1.07-1.11x
-  faster for the Transformer step at width 256 / 16x128, 1.20-1.23x at
-  128 / 32x256 and 512 / 8x512, and 1.06-1.07x for a lax.map sweep group, on
-  the 2-core development VM (docs/performance.md): the attention's small
-  batched matmuls run faster, and two independent ones can run concurrently.
-  Off the CPU there are no options.
+  On CPU the float32 matmuls go to XLA's Eigen emitter instead of YNNPACK
+  fusions (``$HPTRANSFER_CPU_DOTS``: eigen, the default, or ynn).  Eigen is
+  1.07-1.11x faster for the Transformer step at width 256 / 16x128,
+  1.20-1.23x at 128 / 32x256 and 512 / 8x512, and 1.06-1.07x for a lax.map
+  sweep group, on the 2-core development VM (docs/performance.md): the
+  attention's small batched matmuls run faster, and two independent ones can
+  run concurrently.  With ``model.matmul_dtype = "bfloat16"`` the default is
+  YNNPACK, the library with bf16 kernels (AMX, AVX512-BF16).  Off the CPU
+  there are no options.
   """
   if jax.default_backend() != "cpu":
     return {}
-  return dict(_CPU_DOTS[cpu_dots()])
+  return dict(_CPU_DOTS[cpu_dots(matmul_dtype)])
 
 
-def jit_step(fn, **kwargs):
+def jit_step(fn, matmul_dtype: str = "", **kwargs):
   """``jax.jit`` with the step compiler options (see ``compiler_options``)."""
-  return jax.jit(fn, compiler_options=compiler_options(), **kwargs)
+  return jax.jit(fn, compiler_options=compiler_options(matmul_dtype), **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -246,7 +256,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump({"config": json.loads(cfg.to_json_best_effort()),
                "data_sha256": dataset.sha256, "num_params": built.num_params(),
-               "versions": versions()}, f, indent=1)
+               "versions": versions(matmul_dtype(cfg))}, f, indent=1)
 
   trees = built.leaf_trees()
   consts = built.consts()
@@ -261,8 +271,8 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
 
   train_step = jit_step(
       make_train_step(built, tx, cfg.model.get("z_loss", 0.0),
-                      cfg.train.log_leaf_rms), donate_argnums=0)
-  eval_step = jit_step(make_eval_step(built))
+                      cfg.train.log_leaf_rms), matmul_dtype(cfg), donate_argnums=0)
+  eval_step = jit_step(make_eval_step(built), matmul_dtype(cfg))
   sched = optim.schedule(cfg.optimizer, steps)
 
   def evaluate(params):

@@ -25,7 +25,8 @@ def build(cfg, width: int | None = None, depth: int | None = None):
                        norm=m.norm, activation=m.activation, use_bias=m.use_bias,
                        qk_norm=m.qk_norm, dtype=dtype,
                        attention=resolve_attention(m.get("attention", "auto")),
-                       attention_block=m.get("attention_block", 64))
+                       attention_block=m.get("attention_block", 64),
+                       matmul_dtype=DTYPES[m.matmul_dtype] if m.get("matmul_dtype") else None)
   if m.name == "mlp":
     return MLP(vocab_size=vocab, width=width, depth=depth, context=m.context,
                activation=m.activation, use_bias=m.use_bias,

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hptransfer.models import lowp
+
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "tanh": jnp.tanh}
 
 
@@ -32,23 +34,43 @@ def make_norm(kind: str, use_bias: bool, dtype, name: str) -> nn.Module:
   return nn.LayerNorm(use_bias=use_bias, dtype=dtype, name=name)
 
 
-def blocked_causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, block: int):
+def dense(features: int, use_bias: bool, dtype, matmul_dtype, name: str) -> nn.Dense:
+  """A dense layer; with ``matmul_dtype`` its product has operands of that
+  dtype and float32 accumulation (``hptransfer.models.lowp``)."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                  dot_general=lowp.dense_dot_general(matmul_dtype) if matmul_dtype else None)
+
+
+def _attend(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask_TxS, matmul_dtype):
+  """One masked attention core (scale already in q): XLA's, or with
+  ``matmul_dtype`` operands and float32 accumulation (``lowp.attention``)."""
+  if matmul_dtype:
+    return lowp.attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, mask_TxS, matmul_dtype)
+  return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, scale=1.0,
+                                      mask=mask_TxS[None, None], implementation="xla")
+
+
+def causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, matmul_dtype=None):
+  T = q_BxTxNxH.shape[1]
+  return _attend(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, jnp.tril(jnp.ones((T, T), bool)),
+                 matmul_dtype)
+
+
+def blocked_causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, block: int, matmul_dtype=None):
   """Causal attention that skips the masked upper triangle block by block:
   query block i attends only to keys [0, (i+1)*block), so of the T x T logits
   only (nb+1)/(2 nb) are computed for nb = T / block blocks.  Same result as
   the full masked product; the logits' scale must already be in q."""
   T = q_BxTxNxH.shape[1]
   if block <= 0 or block >= T or T % block:
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0,
-                                        is_causal=True, implementation="xla")
+    return causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, matmul_dtype)
   outs = []
   for i in range(T // block):
     lo, hi = i * block, (i + 1) * block
     # query lo + a sees keys 0 .. lo + a
     mask_QxS = jnp.arange(hi)[None, :] <= (lo + jnp.arange(block))[:, None]
-    outs.append(jax.nn.dot_product_attention(
-        q_BxTxNxH[:, lo:hi], k_BxTxNxH[:, :hi], v_BxTxNxH[:, :hi], scale=1.0,
-        mask=mask_QxS[None, None], implementation="xla"))
+    outs.append(_attend(q_BxTxNxH[:, lo:hi], k_BxTxNxH[:, :hi], v_BxTxNxH[:, :hi],
+                        mask_QxS, matmul_dtype))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -60,16 +82,16 @@ class Attention(nn.Module):
   dtype: Any
   attention: str = "xla"
   attention_block: int = 64
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_MxD, T: int, attn_scale):
     B = x_MxD.shape[0] // T
     N, H = self.width // self.head_dim, self.head_dim
-    dense = lambda name: nn.Dense(self.width, use_bias=self.use_bias,
-                                  dtype=self.dtype, name=name)
-    q_BxTxNxH = dense("query")(x_MxD).reshape(B, T, N, H)
-    k_BxTxNxH = dense("key")(x_MxD).reshape(B, T, N, H)
-    v_BxTxNxH = dense("value")(x_MxD).reshape(B, T, N, H)
+    proj = lambda name: dense(self.width, self.use_bias, self.dtype, self.matmul_dtype, name)
+    q_BxTxNxH = proj("query")(x_MxD).reshape(B, T, N, H)
+    k_BxTxNxH = proj("key")(x_MxD).reshape(B, T, N, H)
+    v_BxTxNxH = proj("value")(x_MxD).reshape(B, T, N, H)
     if self.qk_norm:
       q_BxTxNxH = nn.RMSNorm(dtype=self.dtype, name="q_norm")(q_BxTxNxH)
       k_BxTxNxH = nn.RMSNorm(dtype=self.dtype, name="k_norm")(k_BxTxNxH)
@@ -78,12 +100,14 @@ class Attention(nn.Module):
     q_BxTxNxH = q_BxTxNxH * jnp.asarray(attn_scale, q_BxTxNxH.dtype)
     if self.attention == "blocked":
       o_BxTxNxH = blocked_causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH,
-                                           self.attention_block)
+                                           self.attention_block, self.matmul_dtype)
+    elif self.attention == "xla" and self.matmul_dtype:
+      o_BxTxNxH = causal_attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, self.matmul_dtype)
     else:
       o_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, scale=1.0, is_causal=True,
           implementation=self.attention)
-    return dense("out")(o_BxTxNxH.reshape(B * T, N * H))
+    return proj("out")(o_BxTxNxH.reshape(B * T, N * H))
 
 
 class MlpBlock(nn.Module):
@@ -92,14 +116,13 @@ class MlpBlock(nn.Module):
   activation: str
   use_bias: bool
   dtype: Any
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_MxD):
-    h_MxF = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
-                     name="fc_in")(x_MxD)
+    h_MxF = dense(self.hidden, self.use_bias, self.dtype, self.matmul_dtype, "fc_in")(x_MxD)
     h_MxF = ACTIVATIONS[self.activation](h_MxF)
-    return nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
-                    name="fc_out")(h_MxF)
+    return dense(self.width, self.use_bias, self.dtype, self.matmul_dtype, "fc_out")(h_MxF)
 
 
 class Block(nn.Module):
@@ -113,18 +136,19 @@ class Block(nn.Module):
   dtype: Any
   attention: str = "xla"
   attention_block: int = 64
+  matmul_dtype: Any = None
 
   @nn.compact
   def __call__(self, x_MxD, T: int, attn_scale, branch_mult):
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm1")(x_MxD)
     a_MxD = Attention(self.width, self.head_dim, self.use_bias, self.qk_norm,
                       self.dtype, self.attention, self.attention_block,
-                      name="attn")(h, T, attn_scale)
+                      self.matmul_dtype, name="attn")(h, T, attn_scale)
     self.sow("intermediates", "attn_out", a_MxD)
     x_MxD = x_MxD + branch_mult * a_MxD
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm2")(x_MxD)
     m_MxD = MlpBlock(self.width, self.mlp_hidden, self.activation,
-                     self.use_bias, self.dtype, name="mlp")(h)
+                     self.use_bias, self.dtype, self.matmul_dtype, name="mlp")(h)
     self.sow("intermediates", "mlp_out", m_MxD)
     return x_MxD + branch_mult * m_MxD
 
@@ -143,6 +167,7 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32   # compute dtype; params are always float32
   attention: str = "xla"     # xla | blocked (causal blocks skipped) | cudnn (GPU, 16-bit)
   attention_block: int = 64  # query block of attention="blocked"
+  matmul_dtype: Any = None   # dense layers' operand dtype (f32 accumulation); None: dtype
 
   @nn.compact
   def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
@@ -158,11 +183,12 @@ class Transformer(nn.Module):
     for i in range(self.depth):
       x_MxD = Block(self.width, self.head_dim, int(self.mlp_ratio * self.width),
                     self.norm, self.activation, self.use_bias, self.qk_norm,
-                    self.dtype, self.attention, self.attention_block, name=f"block_{i}")(
+                    self.dtype, self.attention, self.attention_block, self.matmul_dtype,
+                    name=f"block_{i}")(
                         x_MxD, T, attn_scale, branch_mult)
     x_MxD = make_norm(self.norm, self.use_bias, self.dtype, "final_norm")(x_MxD)
-    logits_MxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
-                          dtype=self.dtype, name="readout")(x_MxD)
+    logits_MxV = dense(self.vocab_size, self.use_bias, self.dtype, self.matmul_dtype,
+                       "readout")(x_MxD)
     logits_BxTxV = logits_MxV.reshape(B, T, -1).astype(jnp.float32)
     self.sow("intermediates", "logits", logits_BxTxV)
     return logits_BxTxV
