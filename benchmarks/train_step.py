@@ -285,14 +285,14 @@ def _ratio(r) -> str:
 
 
 def markdown(rows) -> str:
-  md = ["| framework | width | depth | head dim | batch×seq | vmap | attention | tokens/s | "
-        "step ms | compile s | MFU | peak MiB | JAX / torch [IQR] |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  md = ["| framework | width | depth | head dim | batch×seq | vmap | attention | matmuls | "
+        "tokens/s | step ms | compile s | MFU | peak MiB | JAX / torch [IQR] |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in rows:
     mfu = "" if r["mfu"] is None else f"{r['mfu']:.1%}"
     md.append(f"| {r['framework']} | {r['width']} | {r['depth']} | {r['head_dim']} | "
               f"{r['batch']}×{r['seq']} | {r['vmap'] or ''} | {r['attention']} | "
-              f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.2f} | {r['compile_s']:.1f} | {mfu} | "
+              f"{r.get('matmul_dtype', r['dtype'])} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.2f} | {r['compile_s']:.1f} | {mfu} | "
               f"{r['peak_mem_mb']:,.0f} | {_ratio(r)} |")
   return "\n".join(md)
 

@@ -31,6 +31,7 @@ PRESETS = {
 def config(p, param, opt):
   from configs import transformer
   c = transformer.get_config()
+  c.model.matmul_dtype = common.MATMUL_DTYPE
   c.parameterization.name = param
   c.parameterization.base_width = p["widths"][0]
   c.model.head_dim = 8 if p["widths"][0] < 64 else 16

@@ -36,7 +36,10 @@ def validate(cfg) -> None:
   _one_of(m.activation, tuple(ACTIVATIONS), "model.activation")
   _one_of(m.compute_dtype, tuple(DTYPES), "model.compute_dtype")
   if m.get("matmul_dtype"):
-    _one_of(m.matmul_dtype, ("bfloat16",), "model.matmul_dtype")
+    if m.matmul_dtype != "bfloat16":
+      raise ConfigError(f"model.matmul_dtype={m.matmul_dtype!r} is neither '' (matmuls in "
+                        f"model.compute_dtype) nor 'bfloat16' (bf16 operands, f32 "
+                        f"accumulation); set --config.model.matmul_dtype=bfloat16 or ''")
     if m.name != "transformer":
       raise ConfigError(f"model.matmul_dtype={m.matmul_dtype!r} is implemented for the "
                         f"transformer only; set --config.model.matmul_dtype='' for "

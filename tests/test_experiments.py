@@ -121,3 +121,28 @@ def test_experiment_commands_use_the_persistent_compilation_cache(tmp_path, monk
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
     common.ANALYZE_ONLY = False
+
+
+def test_matmul_dtype_flag_reaches_every_trial_and_its_own_workdir(tmp_path, monkeypatch):
+  """--matmul_dtype bf16 sets model.matmul_dtype in the configs the presets
+  build (so the trials get other ids than the float32 ones) and, unless told,
+  a workdir of its own; without it nothing changes."""
+  from experiments import common, coord_check_fig, tp5_fig1
+  monkeypatch.setenv("HPTRANSFER_JAX_CACHE", "off")
+  p = {**tp5_fig1.PRESETS["tiny"]}
+  try:
+    a = common.parse("tp5_fig1", {"tiny": {}}, ["--preset", "tiny", "--matmul_dtype", "bf16"])
+    assert a.workdir == os.path.join("runs", "tp5_fig1_tiny_bf16mm")
+    cfg16 = tp5_fig1.config(p)
+    assert cfg16.model.matmul_dtype == "bfloat16"
+    assert coord_check_fig.config(coord_check_fig.PRESETS["tiny"], "mup", "adam").model.matmul_dtype == "bfloat16"
+    assert "bf16 matmul" in common.machine()["where"]
+    a = common.parse("tp5_fig1", {"tiny": {}}, ["--preset", "tiny"])
+    assert a.workdir == os.path.join("runs", "tp5_fig1_tiny")
+    cfg32 = tp5_fig1.config(p)
+    assert cfg32.model.matmul_dtype == ""
+    from hptransfer import sweep as sweep_lib
+    assert sweep_lib.trial_id(cfg16) != sweep_lib.trial_id(cfg32)
+  finally:
+    common.MATMUL_DTYPE = ""
+    common.ANALYZE_ONLY = False

@@ -139,7 +139,7 @@ def test_matmul_dtype_picks_ynnpack_and_the_env_still_wins(monkeypatch):
 
 
 def test_bad_matmul_dtype_names_the_field_and_the_fix():
-  with pytest.raises(ConfigError, match=r"model.matmul_dtype='float16'.*--config.model.matmul_dtype"):
+  with pytest.raises(ConfigError, match=r"model.matmul_dtype='float16' is neither.*--config.model.matmul_dtype=bfloat16"):
     validate(tiny_config(**{"model.matmul_dtype": "float16"}))
   with pytest.raises(ConfigError, match=r"transformer only.*matmul_dtype=''"):
     validate(tiny_config("mlp", **{"model.matmul_dtype": "bfloat16"}))
