@@ -46,6 +46,13 @@ def test_matmul_values_and_gradients(shape_x, n):
   np.testing.assert_allclose(y, r(x) @ r(w), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dx, r(g) @ r(w).T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dw, x2.T @ g2, rtol=1e-5, atol=1e-5)
+  # Under vmap (sweep groups) each trial gets its own product and gradients.
+  xs, ws = jnp.stack([x, 2 * x]), jnp.stack([w, -w])
+  ys, vjps = jax.vjp(jax.vmap(lambda x, w: lowp.matmul(x, w, BF16)), xs, ws)
+  dxs, dws = vjps(jnp.stack([g, g]))
+  np.testing.assert_allclose(ys[0], y, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(dws[1], 2 * x2.T @ g2, rtol=1e-5, atol=1e-5)   # x1 = 2x
+  np.testing.assert_allclose(dxs[1], -(r(g) @ r(w).T), rtol=1e-5, atol=1e-5)  # w1 = -w
   # The rounding is real: float32 products differ by about bf16's 2^-8.
   assert np.abs(np.asarray(y) - np.asarray(x, np.float64) @ np.asarray(w, np.float64)).max() > 1e-3
 
