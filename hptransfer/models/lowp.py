@@ -1,25 +1,26 @@
 """Matmuls with bfloat16 operands and float32 accumulation (``model.matmul_dtype``).
 
 ``model.matmul_dtype = "bfloat16"`` rounds the two operands of every dense
-layer's matmul to bfloat16 and accumulates in float32; the activations, the
-norms, the nonlinearities and the attention core stay in the compute dtype
-(float32 by default).  In the backward pass the incoming gradient is rounded
-to bfloat16 too, so all three products of a layer (forward, input gradient,
-weight gradient) are bf16 x bf16 -> f32.  This is the precision of a
-bf16-autocast matmul in PyTorch, with float32 everywhere else.
+layer's product (``matmul``) and of the attention core's two products
+(``attention``) to bfloat16 and accumulates in float32.  In the backward pass
+the incoming gradient is rounded to bfloat16 too, so the gradient products
+are bf16 x bf16 -> f32 as well.  Activations, norms, nonlinearities, the
+softmax and the loss stay in the compute dtype (float32 by default).  This is
+the matmul precision of PyTorch's bf16 autocast, with float32 everywhere else.
 
 Why a module of its own: on x86 CPUs with AMX or AVX512-BF16 (Intel Sapphire
 Rapids and later; the 2-core development VM has both), XLA:CPU runs
-bf16 x bf16 -> f32 products through YNNPACK 4-7x faster than float32 ones,
-and the Transformer step 1.7x faster (docs/performance.md).  It does so only for products whose left operand
-contracts its minor dimension.  A weight gradient ``x.T @ g`` contracts the
-token dimension, the major one of both operands; XLA then casts both operands
-back to float32 and runs the product in float32, and an explicit transpose
-does not help (XLA folds it into the product, or picks a layout that undoes
-it).  So the weight gradient here transposes the narrower operand by an NT
-product with the identity, which is exact for bfloat16 values (every output
-is one product by 1.0 plus zeros), costs ``2 k^2 m`` flops for a [m, k]
-operand, and leaves XLA a product it runs in bfloat16.
+bf16 x bf16 -> f32 products through YNNPACK 4-7x faster than float32 ones;
+the Transformer step gets 1.7x faster (docs/performance.md).  XLA keeps a
+product in bf16 only when its left operand contracts its minor dimension.  A
+weight gradient ``x.T @ g`` contracts the token dimension, the major one of
+both operands; XLA then casts both operands back to float32 and runs the
+product in float32, and an explicit transpose does not help (XLA folds it
+into the product, or picks a layout that undoes it).  So ``weight_grad``
+transposes the narrower operand by an NT product with the identity, which is
+exact for bfloat16 values (every output is one product by 1.0 plus zeros),
+costs ``2 k^2 m`` flops for an [m, k] operand, and leaves XLA a product it
+runs in bfloat16.
 
 On a GPU, bf16 products with float32 accumulation are what XLA does for any
 bf16 matmul; there this option only changes where activations are rounded.
