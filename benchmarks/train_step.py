@@ -114,6 +114,7 @@ def jax_step(args):
   # (``step.fn.lower(...).compile(compiler_options=...)``, docs/performance.md).
   step.compiled_text = lambda: fn.lower(holder["s"], consts, batch).compile().as_text()
   step.fn, step.holder, step.consts, step.batch = fn, holder, consts, batch
+  step.matmul_dtype = train_lib.matmul_dtype(cfg)
   return step, flops, built.num_params()
 
 
@@ -249,7 +250,7 @@ def measure(args) -> list[dict]:
       row["vs_torch"] = float(np.median(r))
       row["vs_torch_iqr"] = [float(np.percentile(r, 25)), float(np.percentile(r, 75))]
     if k == "jax" and jax.default_backend() == "cpu":
-      row["cpu_dots"] = train_lib.cpu_dots("bfloat16" if args.matmul_dtype == "bf16" else "")
+      row["cpu_dots"] = train_lib.cpu_dots(step.matmul_dtype)
     if k == "torch":
       import torch
       row["torch"] = torch.__version__

@@ -8,8 +8,7 @@ from hptransfer import data as data_lib
 from hptransfer import parameterization as P
 from hptransfer.models import DTYPES, MODELS
 from hptransfer.models.transformer import ACTIVATIONS
-
-SCHEDULES = ("constant", "cosine", "wsd", "linear")
+from hptransfer.optim import SCHEDULES
 WD_MODES = ("coupled", "independent")
 
 

@@ -41,6 +41,9 @@ class HpOptState(NamedTuple):
   hparams: dict   # lr, wd, eps, steps (scalars) and lr_mult, wd_mult, eps_mult (trees)
 
 
+SCHEDULES = ("constant", "cosine", "wsd", "linear")   # the branches of schedule_factor
+
+
 def schedule_factor(ocfg, count, total_steps):
   """LR factor (peak 1) at the 0-based step ``count`` of a ``total_steps`` run.
 
@@ -74,7 +77,8 @@ def schedule_factor(ocfg, count, total_steps):
 
 
 def _check_schedule(ocfg):
-  if ocfg.schedule not in ("constant", "cosine", "linear", "wsd"):
+  """Fail at build time: ``schedule_factor`` only runs when the step is traced."""
+  if ocfg.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule={ocfg.schedule!r} is unknown")
 
 

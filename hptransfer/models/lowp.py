@@ -69,7 +69,8 @@ def _matmul_fwd(x, w_KxN, dtype):
   # Zero-size arrays carry the primal dtypes to the backward pass (a custom
   # VJP's residuals must be arrays).
   tags = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w_KxN.dtype))
-  return matmul(x, w_KxN, dtype), (x.astype(dtype), w_KxN.astype(dtype), tags)
+  xc, wc = x.astype(dtype), w_KxN.astype(dtype)
+  return _dot(xc, wc, x.ndim - 1, 0).astype(x.dtype), (xc, wc, tags)
 
 
 def _matmul_bwd(dtype, res, g):
