@@ -98,8 +98,8 @@ def test_bf16_matmul_model_tracks_the_float32_model():
     built = build_lib.build(cfg)
     params = built.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (4, cfg.data.seq_len + 1), 0, 32)
-    out[mm] = jax.value_and_grad(
-        lambda p: train_lib.loss_fn(built, p, built.consts(), tokens)[0])(params)
+    out[mm] = jax.jit(jax.value_and_grad(
+        lambda p: train_lib.loss_fn(built, p, built.consts(), tokens)[0]))(params)
   (l32, g32), (l16, g16) = out[""], out["bfloat16"]
   assert abs(float(l16) - float(l32)) < 1e-2
   assert float(l16) != float(l32)              # the option is wired in

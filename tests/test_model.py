@@ -17,16 +17,16 @@ def test_blocked_attention_equals_full_causal_attention(block):
   q, k, v = (jax.random.normal(key, shape) for key in (kq, kk, kv))
   g = jax.random.normal(kg, shape)
 
-  def full(q, k, v):
-    return jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=True)
-
-  def blocked(q, k, v):
-    return blocked_causal_attention(q, k, v, block)
+  # Jitted: run op by op, the 8 blocks' forward and backward took 38 s.
+  full = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=1.0,
+                                                             is_causal=True))
+  blocked = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, block))
+  vjp = lambda f: jax.jit(lambda q, k, v, g: jax.vjp(f, q, k, v)[1](g))
 
   np.testing.assert_allclose(blocked(q, k, v), full(q, k, v), atol=1e-5)
   # Gradients too: a wrong mask offset in a later block changes them.
-  gf = jax.vjp(full, q, k, v)[1](g)
-  gb = jax.vjp(blocked, q, k, v)[1](g)
+  gf = vjp(full)(q, k, v, g)
+  gb = vjp(blocked)(q, k, v, g)
   for a, b in zip(gb, gf):
     np.testing.assert_allclose(a, b, atol=1e-4)
   # And it is not trivially equal: dropping the causal mask changes the output.
@@ -41,8 +41,8 @@ def test_blocked_attention_model_matches_default_model():
     built = build_lib.build(cfg)
     params = built.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (4, cfg.data.seq_len + 1), 0, 32)
-    loss, grads = jax.value_and_grad(
-        lambda p: train_lib.loss_fn(built, p, built.consts(), tokens)[0])(params)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda p: train_lib.loss_fn(built, p, built.consts(), tokens)[0]))(params)
     losses.append((loss, grads))
   (l0, g0), (l1, g1) = losses
   np.testing.assert_allclose(l1, l0, rtol=1e-6)
