@@ -2,6 +2,9 @@
 # The one prepared run for a lent GPU: everything in issues 5 and 6 that needs
 # a GPU, in priority order, each stage under its own time limit, the results
 # packed after every stage so a run cut short still returns what it measured.
+# Issue 6 (open) comes first: the benchmark table, MFU under other XLA flags
+# and the compilation cache (about 9 minutes); then issue 5's figure presets
+# (ended blocked on GPU time), which resume from .gpu_prev.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [BUDGET_SECONDS=540]
 #   STAGES="bench tp5_fig1" TABLE=gpu_mfu OUT=/tmp/gpu bash benchmarks/gpu_check.sh 250
@@ -12,8 +15,8 @@
 # that finished is marked in $W/done and skipped by a later call on the same
 # (still warm) machine, so the same command can simply be run again.
 #
-# EXP_XLA_FLAGS are XLA flags for the figure reproductions and the cache
-# benchmark only; the benchmark table keeps XLA's defaults.  The default, auto,
+# EXP_XLA_FLAGS are XLA flags for the figure reproductions only; the
+# benchmark table and the cache benchmark keep XLA's defaults.  The default, auto,
 # takes the set that the compile_flags stage found cheapest for a sweep group
 # (benchmarks/xla_flags.py); when that stage did not run, none.
 # Do not set --xla_gpu_autotune_level=0 to save compile time: on the H200 lease
@@ -30,7 +33,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig bench mfu_flags compile_cache} "
+STAGES=" ${STAGES:-smoke bench mfu_flags compile_cache compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -87,11 +90,33 @@ if want smoke && ! stage smoke 120 "${SMOKE[@]}"; then
 fi
 tail -2 "$W/logs/smoke"*.log 2>/dev/null
 
-# --- 0b. XLA flags: compile seconds against step time, one process per flag set ----------
+# --- 1a. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
+want bench && stage bench "${BENCH_LIMIT:-240}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
+    --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_$TABLE"
+cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log" 2>/dev/null
+
+# --- 1b. MFU at width 2048 under other XLA flags (each set in its own process) -----------
+# Leads for the 65% target: cuBLAS instead of Triton GEMM fusions, and XLA's
+# latency-hiding scheduler.  xla_flags.py prints compile_s and step_ms per set.
+if want mfu_flags; then
+  stage mfu_flags 200 $PY benchmarks/xla_flags.py --out "$W/bench/mfu_flags.json" --group_steps 100000 \
+      --variant= --variant=--xla_gpu_enable_triton_gemm=false \
+      --variant=--xla_gpu_enable_latency_hiding_scheduler=true \
+      -- --width 2048 --depth 8 --batch 8 --seq 1024 --head_dim 128 --attention cudnn \
+      --dtype bf16 --peak_flops 989e12 --steps 20 --warmup 5
+  grep '^{\|^#' "$W/logs/mfu_flags.log"
+fi
+
+# --- 1c. compilation cache, first run against second (XLA's default flags) ---------------
+want compile_cache && stage compile_cache 200 $PY benchmarks/compile_cache.py --steps 20 \
+    --out "$W/bench/compile_cache_gpu.json"
+tail -3 "$W/logs/compile_cache.log" 2>/dev/null
+
+# --- 2. XLA flags for the presets: compile seconds against step time, one process per flag set ----------
 # On a Fig. 1-like group step (width 512, 16 vmapped trials).  With
-# EXP_XLA_FLAGS=auto (the default) the figure presets and the cache benchmark
-# get the set with the cheapest 300-step group whose step is at most 1.05x the
-# defaults' (benchmarks/xla_flags.py); the benchmark table keeps the defaults.
+# EXP_XLA_FLAGS=auto (the default) the figure presets get the set with the
+# cheapest 300-step group whose step is at most 1.05x the defaults'
+# (benchmarks/xla_flags.py).
 FLAG_VARIANTS=("" "--xla_gpu_enable_triton_gemm=false" "--xla_gpu_enable_command_buffer="
                "--xla_gpu_autotune_level=0")
 if want compile_flags; then
@@ -114,7 +139,7 @@ fi
 echo "experiment XLA_FLAGS: '$EXP_XLA_FLAGS'" | tee -a "$SUMMARY"
 EXP=(env "XLA_FLAGS=$EXP_XLA_FLAGS")   # a command prefix that works under timeout
 
-# --- 1. the figure reproductions' GPU presets --------------------------------------------
+# --- 3. the figure reproductions' GPU presets --------------------------------------------
 # Group walls (16-24 vmapped trials, 300 steps): 29-53 s on the H100 lease with
 # XLA's defaults, 20-40 s of it compiling one program; the limits below are per
 # stage, and the whole run stays within BUDGET.
@@ -126,28 +151,6 @@ for spec in tp5_fig1:200 mutransfer_demo:150 depth_transfer:200 horizon:150 \
       --workdir "$W/work/$name" --out "$W/exp/$name"
   tail -4 "$W/logs/$name.log"
 done
-
-# --- 2. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
-want bench && stage bench "${BENCH_LIMIT:-240}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
-    --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_$TABLE"
-cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log" 2>/dev/null
-
-# --- 2b. MFU at width 2048 under other XLA flags (each set in its own process) -----------
-# Leads for the 65% target: cuBLAS instead of Triton GEMM fusions, and XLA's
-# latency-hiding scheduler.  xla_flags.py prints compile_s and step_ms per set.
-if want mfu_flags; then
-  stage mfu_flags 200 $PY benchmarks/xla_flags.py --out "$W/bench/mfu_flags.json" --group_steps 100000 \
-      --variant= --variant=--xla_gpu_enable_triton_gemm=false \
-      --variant=--xla_gpu_enable_latency_hiding_scheduler=true \
-      -- --width 2048 --depth 8 --batch 8 --seq 1024 --head_dim 128 --attention cudnn \
-      --dtype bf16 --peak_flops 989e12 --steps 20 --warmup 5
-  grep '^{\|^#' "$W/logs/mfu_flags.log"
-fi
-
-# --- 3. compilation cache, first run against second --------------------------------------
-want compile_cache && stage compile_cache 120 "${EXP[@]}" $PY benchmarks/compile_cache.py --steps 20 \
-    --out "$W/bench/compile_cache_gpu.json"
-tail -3 "$W/logs/compile_cache.log" 2>/dev/null
 
 echo "total $(( $(date +%s) - T0 )) s" | tee -a "$SUMMARY"
 pack
