@@ -1,6 +1,6 @@
 """The three matmul forms of a Dense layer's training step, JAX against torch.
 
-    python benchmarks/matmul_forms.py [--tokens 2048] [--width 256] [--rounds 40]
+    python benchmarks/matmul_forms.py [--tokens 2048] [--width 256] [--rounds 40] [--split3]
 
 A Dense layer with input x [tokens, d_in] and weight w [d_in, d_out] runs three
 matmuls per training step: the forward ``x @ w`` (NN), the input gradient
@@ -15,6 +15,14 @@ time ratio.
 
 Why: at width 256 the whole step's matmuls take 217-230 ms in JAX against
 187-192 ms in torch (docs/performance.md); this says which form holds the gap.
+
+``--split3`` times instead, for the forward form, float32 emulated by three
+bf16 products (each operand split into a bf16 high and low part;
+``hi.hi + hi.lo + lo.hi`` accumulated in float32) and one bf16 product,
+against the float32 product, all in JAX, each with its error against a
+float64 product (as a fraction of the output's largest magnitude).  Measured
+on the 2-core VM: the three products are slower than the one float32 product,
+so this is not a way to near-float32 speed (docs/performance.md, fifth pass).
 """
 from __future__ import annotations
 
@@ -39,12 +47,69 @@ FORMS = {
 }
 
 
+def _bf16(a):
+  return a.astype(jnp.bfloat16)
+
+
+def _split3(a, b):
+  """a @ b by three bf16 products: (a_hi + a_lo)(b_hi + b_lo) less lo.lo."""
+  ah, bh = _bf16(a), _bf16(b)
+  al, bl = _bf16(a - ah.astype(a.dtype)), _bf16(b - bh.astype(b.dtype))
+  mm = lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32)
+  return mm(ah, bh) + (mm(ah, bl) + mm(al, bh))
+
+
+def split3(args):
+  """float32 against three bf16 products against one, forward form, JAX only."""
+  d, n = args.width, args.tokens
+  rng, order = np.random.default_rng(0), np.random.default_rng(1)
+  variants = {
+      # float32 with the step's dots (Eigen); the bf16 ones need YNNPACK's
+      # (Eigen has no bf16 kernels), as a bf16-matmul step compiles with.
+      "float32": (lambda a, b: a @ b, train_lib.compiler_options()),
+      "bf16x3": (_split3, train_lib.compiler_options("bfloat16")),
+      "bf16x1": (lambda a, b: jnp.dot(_bf16(a), _bf16(b), preferred_element_type=jnp.float32),
+                 train_lib.compiler_options("bfloat16")),
+  }
+  for d_in, d_out in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)):
+    a = rng.standard_normal((n, d_in), dtype=np.float32)
+    b = rng.standard_normal((d_in, d_out), dtype=np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    aj, bj = jnp.asarray(a), jnp.asarray(b)
+    runners, errors = {}, {}
+    for k, (f, opts) in variants.items():
+      fn = jax.jit(f, compiler_options=opts)
+      errors[k] = float(np.abs(np.asarray(fn(aj, bj), np.float64) - ref).max() / np.abs(ref).max())
+      runners[k] = lambda fn=fn: fn(aj, bj).block_until_ready()
+      for _ in range(3):
+        runners[k]()
+    times = {k: [] for k in runners}
+    for _ in range(args.rounds):
+      for k in order.permutation(list(runners)):
+        t = time.perf_counter()
+        runners[k]()
+        times[k].append(time.perf_counter() - t)
+    row = {"shape": f"{n}x{d_in} @ {d_in}x{d_out}", "form": "NN (forward)"}
+    for k, ts in times.items():
+      row[f"{k}_ms"] = round(1e3 * float(np.median(ts)), 3)
+      row[f"{k}_error"] = float(f"{errors[k]:.2g}")
+    r = np.asarray(times["bf16x3"]) / np.asarray(times["float32"])
+    row["bf16x3_over_float32"] = round(float(np.median(r)), 3)
+    print(json.dumps(row), flush=True)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--tokens", type=int, default=2048)
   ap.add_argument("--width", type=int, default=256)
   ap.add_argument("--rounds", type=int, default=40)
+  ap.add_argument("--split3", action="store_true",
+                  help="float32 against three bf16 products (forward form, JAX only)")
   args = ap.parse_args(argv)
+  if args.split3:
+    split3(args)
+    print(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__}))
+    return
   d, n = args.width, args.tokens
   try:
     import torch   # its default thread count, as in benchmarks/train_step.py

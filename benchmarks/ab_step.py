@@ -1,0 +1,207 @@
+"""A/B variants of the Transformer training step, interleaved in one process.
+
+    python benchmarks/ab_step.py --variants same,rms_vjp,fused_qkv --rounds 60 \
+        [--width 256 --depth 4 --batch 16 --seq 128] [--torch]
+
+Builds ``benchmarks/train_step.py``'s JAX step once for the current code
+(``base``) and once per named variant (the model patched while it is traced,
+or other XLA options), then times them all in a random order each round.  For
+each variant it prints one JSON line: the median step, and the median and
+quartiles of the paired per-round ratio of ``base``'s time to the variant's
+(above 1: the variant is faster), plus the ratio of the two 20th percentiles,
+which ignores the slow outliers this VM's interference adds.  With
+``--torch`` the torch.compile step runs in the same rounds and each line also
+has the variant's ratio against it.
+
+Only this VM's paired ratios are worth reading: one program's step times
+ranged from 299 to 513 ms within one run (docs/performance.md, fifth pass).
+
+Variants (none of them is in the library; each one was tried and measured):
+
+- ``same``: the current step again (the harness's own noise),
+- ``rms_vjp``: RMSNorm with a hand-written VJP,
+- ``rms_plain``: RMSNorm as ``x * rsqrt(mean(x^2) + eps) * scale``,
+- ``fused_qkv``: query, key and value as one [D, 3D] product,
+- ``no_mults``: no per-leaf forward multipliers (a bound on folding them away;
+  it changes the model unless every multiplier is 1),
+- ``vw512``: ``xla_cpu_prefer_vector_width=512``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import train_step  # noqa: E402
+from hptransfer import parameterization as P  # noqa: E402
+from hptransfer import train as train_lib  # noqa: E402
+from hptransfer.models import transformer as T  # noqa: E402
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+  old = getattr(obj, name)
+  setattr(obj, name, value)
+  try:
+    yield
+  finally:
+    setattr(obj, name, old)
+
+
+def _rms(x, s, eps=1e-6):
+  return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * s
+
+
+@jax.custom_vjp
+def _rms_vjp(x, s):
+  return _rms(x, s)
+
+
+def _rms_vjp_fwd(x, s, eps=1e-6):
+  r = jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps)
+  return x * r * s, (x, r, s)
+
+
+def _rms_vjp_bwd(res, dy):
+  x, r, s = res
+  g = dy * s
+  dx = r * g - x * (r * r * r) * jnp.mean(x * g, -1, keepdims=True)
+  return dx, jnp.sum(dy * x * r, axis=tuple(range(x.ndim - 1)))
+
+
+_rms_vjp.defvjp(_rms_vjp_fwd, _rms_vjp_bwd)
+
+
+class _RMSNorm(nn.Module):
+  custom_vjp: bool
+
+  @nn.compact
+  def __call__(self, x):
+    s = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    return (_rms_vjp if self.custom_vjp else _rms)(x, s)
+
+
+def _norm(custom_vjp):
+  return _patched(T, "make_norm", lambda kind, use_bias, dtype, name:
+                  _RMSNorm(custom_vjp, name=name))
+
+
+class _Kernel(nn.Module):
+  """Holds one projection's kernel under its usual name (attn/query/kernel...)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, d_in):
+    return self.param("kernel", nn.initializers.lecun_normal(), (d_in, self.features))
+
+
+class _FusedQKV(T.Attention):
+  @nn.compact
+  def __call__(self, x_MxD, T_, attn_scale):
+    B, N, H = x_MxD.shape[0] // T_, self.width // self.head_dim, self.head_dim
+    w = jnp.concatenate([_Kernel(self.width, name=n)(x_MxD.shape[-1])
+                         for n in ("query", "key", "value")], axis=1)
+    y = (x_MxD @ w).reshape(B, T_, 3, N, H)
+    q, k, v = y[:, :, 0] * jnp.asarray(attn_scale, y.dtype), y[:, :, 1], y[:, :, 2]
+    if self.attention == "blocked":
+      o = T.blocked_causal_attention(q, k, v, self.attention_block)
+    else:
+      o = jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=True,
+                                       implementation=self.attention)
+    return T.dense(self.width, False, self.dtype, None, "out")(o.reshape(B * T_, N * H))
+
+
+# name -> (patch while tracing or None, extra XLA options or None)
+VARIANTS = {
+    "same": (None, None),
+    "rms_vjp": (lambda: _norm(True), None),
+    "rms_plain": (lambda: _norm(False), None),
+    "fused_qkv": (lambda: _patched(T, "Attention", _FusedQKV), None),
+    "no_mults": (lambda: _patched(P, "apply_forward_mults", lambda p, m: p), None),
+    "vw512": (None, {"xla_cpu_prefer_vector_width": 512}),
+}
+
+
+def build(args, patch=None, options=None):
+  """A zero-argument runner of one compiled step of this variant."""
+  with (patch() if patch else contextlib.nullcontext()):
+    step, _, _ = train_step.jax_step(args)
+    opts = dict(train_lib.compiler_options(step.matmul_dtype), **(options or {}))
+    fn = step.fn.lower(step.holder["s"], step.consts, step.batch).compile(
+        compiler_options=opts)
+  holder = step.holder
+
+  def run():
+    holder["s"], out = fn(holder["s"], step.consts, step.batch)
+    jax.block_until_ready(out)
+  return run
+
+
+def _ratio(num, den):
+  r = np.asarray(num) / np.asarray(den)
+  return {"median": round(float(np.median(r)), 3),
+          "iqr": [round(float(np.percentile(r, q)), 3) for q in (25, 75)],
+          "p20": round(float(np.percentile(num, 20) / np.percentile(den, 20)), 3)}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--variants", default="same",
+                  help=f"comma-separated, of: {', '.join(VARIANTS)}")
+  ap.add_argument("--rounds", type=int, default=60)
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--width", type=int, default=256)
+  ap.add_argument("--depth", type=int, default=4)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--seq", type=int, default=128)
+  ap.add_argument("--head_dim", type=int, default=64)
+  ap.add_argument("--torch", action="store_true")
+  args = ap.parse_args(argv)
+  names = [v for v in args.variants.split(",") if v]
+  unknown = [v for v in names if v not in VARIANTS]
+  if unknown:
+    ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+  step_args = argparse.Namespace(
+      width=args.width, depth=args.depth, batch=args.batch, seq=args.seq,
+      head_dim=args.head_dim, dtype="fp32", matmul_dtype="", attention="auto", vmap=0,
+      torch_mode="", torch_dtype="")
+  runners = {"base": build(step_args)}
+  for name in names:
+    runners[name] = build(step_args, *VARIANTS[name])
+  if args.torch:
+    runners["torch"] = train_step.torch_step(step_args)
+  for run in runners.values():
+    for _ in range(args.warmup):
+      run()
+  times = {k: [] for k in runners}
+  order = np.random.default_rng(0)
+  for _ in range(args.rounds):
+    for k in order.permutation(list(runners)):
+      t = time.perf_counter()
+      runners[k]()
+      times[k].append(time.perf_counter() - t)
+  for k, ts in times.items():
+    row = {"variant": k, "step_ms": round(1e3 * float(np.median(ts)), 1)}
+    if k not in ("base", "torch"):
+      row["speedup_over_base"] = _ratio(times["base"], ts)
+    if "torch" in times and k != "torch":
+      row["vs_torch"] = _ratio(times["torch"], ts)
+    print(json.dumps(row), flush=True)
+  print(json.dumps({"rounds": args.rounds, "device": jax.devices()[0].device_kind,
+                    "jax": jax.__version__, "cpu_dots": train_lib.cpu_dots()
+                    if jax.default_backend() == "cpu" else None}))
+
+
+if __name__ == "__main__":
+  main()
