@@ -24,7 +24,9 @@ Variants (none of them is in the library; each one was tried and measured):
 - ``fused_qkv``: query, key and value as one [D, 3D] product,
 - ``no_mults``: no per-leaf forward multipliers (a bound on folding them away;
   it changes the model unless every multiplier is 1),
-- ``vw512``: ``xla_cpu_prefer_vector_width=512``.
+- ``vw512``: ``xla_cpu_prefer_vector_width=512``,
+- ``blas_callback``: every dense layer's three products in numpy's BLAS
+  (OpenBLAS, as fast as torch's on these shapes) through ``jax.pure_callback``.
 """
 from __future__ import annotations
 
@@ -122,6 +124,41 @@ class _FusedQKV(T.Attention):
     return T.dense(self.width, False, self.dtype, None, "out")(o.reshape(B * T_, N * H))
 
 
+def _host_product(form):
+  """One 2-D product of a dense layer's step in numpy, on the host."""
+  fns = {"nn": lambda a, b: np.matmul(a, b), "nt": lambda a, b: np.matmul(a, b.T),
+         "tn": lambda a, b: np.matmul(a.T, b)}
+  rows = {"nn": lambda a, b: (a.shape[0], b.shape[1]), "nt": lambda a, b: (a.shape[0], b.shape[0]),
+          "tn": lambda a, b: (a.shape[1], b.shape[1])}
+
+  def product(a, b):
+    return jax.pure_callback(fns[form], jax.ShapeDtypeStruct(rows[form](a, b), a.dtype), a, b,
+                             vmap_method="sequential")
+  return product
+
+
+@jax.custom_vjp
+def _blas_matmul(x, w):
+  return _host_product("nn")(x, w)
+
+
+_blas_matmul.defvjp(
+    lambda x, w: (_host_product("nn")(x, w), (x, w)),
+    lambda res, g: (_host_product("nt")(g, res[1]), _host_product("tn")(res[0], g)))
+
+
+def _blas_dot_general(x, w, dimension_numbers, precision=None, preferred_element_type=None):
+  if x.ndim == 2 and w.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())):
+    return _blas_matmul(x, w)
+  return jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type)
+
+
+def _blas_dense(features, use_bias, dtype, matmul_dtype, name):
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                  dot_general=_blas_dot_general)
+
+
 # name -> (patch while tracing or None, extra XLA options or None)
 VARIANTS = {
     "same": (None, None),
@@ -130,6 +167,7 @@ VARIANTS = {
     "fused_qkv": (lambda: _patched(T, "Attention", _FusedQKV), None),
     "no_mults": (lambda: _patched(P, "apply_forward_mults", lambda p, m: p), None),
     "vw512": (None, {"xla_cpu_prefer_vector_width": 512}),
+    "blas_callback": (lambda: _patched(T, "dense", _blas_dense), None),
 }
 
 

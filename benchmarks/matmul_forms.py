@@ -9,7 +9,7 @@ token dimension).  This times each form at the Transformer's four Dense shapes
 (qkv-sized d -> 3d, the output projection d -> d, the MLP's d -> 4d and
 4d -> d), in JAX with the step's compiler options (``hptransfer.train``) and,
 if torch is installed, in torch eager (its matmuls are what torch.compile
-calls), interleaved in a random order each round.  Prints one JSON line per
+calls), and in numpy (its BLAS), interleaved in a random order each round.  Prints one JSON line per
 shape and form with the median milliseconds and GFLOP/s, and the JAX / torch
 time ratio.
 
@@ -131,6 +131,9 @@ def main(argv=None):
       if torch is not None:
         xt, wt, dyt = map(torch.from_numpy, (x, w, dy))
         runners["torch"] = lambda xt=xt, wt=wt, dyt=dyt, pick=pick: torch.mm(*pick(xt, wt, dyt))
+      # numpy's BLAS (OpenBLAS in numpy's wheels) on the same arrays.
+      out = np.empty(np.dot(*pick(x, w, dy)).shape, np.float32)
+      runners["numpy"] = lambda pick=pick, out=out: np.dot(*pick(x, w, dy), out=out)
       for run in runners.values():
         for _ in range(3):
           run()
@@ -146,12 +149,14 @@ def main(argv=None):
         s = float(np.median(ts))
         row[f"{k}_ms"] = round(1e3 * s, 3)
         row[f"{k}_gflops"] = round(flops / s / 1e9, 1)
-      if "torch" in times:
-        r = np.asarray(times["jax"]) / np.asarray(times["torch"])
-        row["jax_over_torch"] = round(float(np.median(r)), 3)
+      for k in ("torch", "numpy"):
+        if k in times:
+          r = np.asarray(times["jax"]) / np.asarray(times[k])
+          row[f"jax_over_{k}"] = round(float(np.median(r)), 3)
       print(json.dumps(row), flush=True)
   print(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
                     "torch": torch.__version__ if torch is not None else None,
+                    "numpy": np.__version__,
                     "cpu_dots": train_lib.cpu_dots() if jax.default_backend() == "cpu"
                     else None}))
 

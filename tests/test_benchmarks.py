@@ -28,7 +28,7 @@ def test_step_variants_train_the_same_model():
   multipliers, which muP at twice the base width has) must not, or the check
   could not tell."""
   base = _first_step(contextlib.nullcontext)
-  for name in ("rms_vjp", "rms_plain", "fused_qkv"):
+  for name in ("rms_vjp", "rms_plain", "fused_qkv", "blas_callback"):
     loss, gnorm = _first_step(ab_step.VARIANTS[name][0])
     np.testing.assert_allclose(loss, base[0], rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(gnorm, base[1], rtol=1e-4, err_msg=name)
