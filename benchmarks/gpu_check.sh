@@ -91,7 +91,7 @@ fi
 tail -2 "$W/logs/smoke"*.log 2>/dev/null
 
 # --- 1a. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
-want bench && stage bench "${BENCH_LIMIT:-240}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
+want bench && stage bench "${BENCH_LIMIT:-330}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
     --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_$TABLE"
 cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log" 2>/dev/null
 
