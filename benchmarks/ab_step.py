@@ -26,7 +26,9 @@ Variants (none of them is in the library; each one was tried and measured):
   it changes the model unless every multiplier is 1),
 - ``vw512``: ``xla_cpu_prefer_vector_width=512``,
 - ``blas_callback``: every dense layer's three products in numpy's BLAS
-  (OpenBLAS, as fast as torch's on these shapes) through ``jax.pure_callback``.
+  (OpenBLAS, as fast as torch's on these shapes) through ``jax.pure_callback``,
+- ``blas_ffi``: the same products through an XLA FFI custom call into that
+  BLAS (benchmarks/native/blas_gemm.cc, built with g++ on first use).
 """
 from __future__ import annotations
 
@@ -159,6 +161,67 @@ def _blas_dense(features, use_bias, dtype, matmul_dtype, name):
                   dot_general=_blas_dot_general)
 
 
+_FFI_TARGET = "hptransfer_bench_blas_gemm"
+
+
+def build_blas_ffi() -> None:
+  """Compile benchmarks/native/blas_gemm.cc against jaxlib's FFI headers and
+  numpy's OpenBLAS, and register it (once per process).  Raises RuntimeError
+  naming what is missing (g++, or numpy's bundled OpenBLAS)."""
+  import ctypes
+  import glob
+  import shutil
+  import subprocess
+  import tempfile
+  if getattr(build_blas_ffi, "done", False):
+    return
+  libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
+                                "libscipy_openblas64_*.so"))
+  if not shutil.which("g++") or not libs:
+    raise RuntimeError("blas_ffi needs g++ and numpy's bundled OpenBLAS "
+                       "(numpy.libs/libscipy_openblas64_*.so from numpy's wheel)")
+  src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "blas_gemm.cc")
+  out = os.path.join(tempfile.mkdtemp(prefix="blas_ffi_"), "libblas_gemm.so")
+  libdir = os.path.realpath(os.path.dirname(libs[0]))
+  subprocess.run(["g++", "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+                  f"-I{jax.ffi.include_dir()}", src, "-o", out, f"-L{libdir}",
+                  f"-l:{os.path.basename(libs[0])}", f"-Wl,-rpath,{libdir}"],
+                 check=True, capture_output=True)
+  lib = ctypes.cdll.LoadLibrary(out)
+  jax.ffi.register_ffi_target(_FFI_TARGET, jax.ffi.pycapsule(lib.HptGemm), platform="cpu")
+  build_blas_ffi.done = True
+
+
+def _ffi_gemm(a, b, ta=False, tb=False):
+  m, n = (a.shape[1] if ta else a.shape[0]), (b.shape[0] if tb else b.shape[1])
+  return jax.ffi.ffi_call(_FFI_TARGET, jax.ShapeDtypeStruct((m, n), jnp.float32))(
+      a, b, ta=np.bool_(ta), tb=np.bool_(tb))
+
+
+@jax.custom_vjp
+def _ffi_matmul(x, w):
+  return _ffi_gemm(x, w)
+
+
+_ffi_matmul.defvjp(lambda x, w: (_ffi_gemm(x, w), (x, w)),
+                   lambda res, g: (_ffi_gemm(g, res[1], tb=True), _ffi_gemm(res[0], g, ta=True)))
+
+
+def _ffi_dot_general(x, w, dimension_numbers, precision=None, preferred_element_type=None):
+  if x.ndim == 2 and w.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())):
+    return _ffi_matmul(x, w)
+  return jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type)
+
+
+@contextlib.contextmanager
+def _blas_ffi():
+  build_blas_ffi()
+  with _patched(T, "dense", lambda features, use_bias, dtype, matmul_dtype, name: nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, name=name, dot_general=_ffi_dot_general)):
+    yield
+
+
 # name -> (patch while tracing or None, extra XLA options or None)
 VARIANTS = {
     "same": (None, None),
@@ -168,6 +231,7 @@ VARIANTS = {
     "no_mults": (lambda: _patched(P, "apply_forward_mults", lambda p, m: p), None),
     "vw512": (None, {"xla_cpu_prefer_vector_width": 512}),
     "blas_callback": (lambda: _patched(T, "dense", _blas_dense), None),
+    "blas_ffi": (_blas_ffi, None),
 }
 
 

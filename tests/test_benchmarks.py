@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
@@ -34,3 +35,15 @@ def test_step_variants_train_the_same_model():
     np.testing.assert_allclose(gnorm, base[1], rtol=1e-4, err_msg=name)
   changed = _first_step(ab_step.VARIANTS["no_mults"][0])
   assert abs(changed[1] - base[1]) > 1e-3 * base[1]
+
+
+def test_blas_ffi_variant_trains_the_same_model():
+  """The custom call (C++, built here with g++) gets every transpose right."""
+  try:
+    ab_step.build_blas_ffi()
+  except RuntimeError as e:   # no g++ or no numpy OpenBLAS on this machine
+    pytest.skip(str(e))
+  base = _first_step(contextlib.nullcontext)
+  loss, gnorm = _first_step(ab_step.VARIANTS["blas_ffi"][0])
+  np.testing.assert_allclose(loss, base[0], rtol=1e-5)
+  np.testing.assert_allclose(gnorm, base[1], rtol=1e-4)
