@@ -63,8 +63,11 @@ def _patched(obj, name, value):
     setattr(obj, name, old)
 
 
-def _rms(x, s, eps=1e-6):
-  return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * s
+_EPS = 1e-6   # flax's RMSNorm default
+
+
+def _rms(x, s):
+  return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + _EPS) * s
 
 
 @jax.custom_vjp
@@ -72,8 +75,8 @@ def _rms_vjp(x, s):
   return _rms(x, s)
 
 
-def _rms_vjp_fwd(x, s, eps=1e-6):
-  r = jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps)
+def _rms_vjp_fwd(x, s):
+  r = jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + _EPS)
   return x * r * s, (x, r, s)
 
 
@@ -111,6 +114,9 @@ class _Kernel(nn.Module):
 
 
 class _FusedQKV(T.Attention):
+  """The three projections as one product; for the benchmark's model only
+  (no biases, no qk-norm, float32 matmuls)."""
+
   @nn.compact
   def __call__(self, x_MxD, T_, attn_scale):
     B, N, H = x_MxD.shape[0] // T_, self.width // self.head_dim, self.head_dim
@@ -130,11 +136,12 @@ def _host_product(form):
   """One 2-D product of a dense layer's step in numpy, on the host."""
   fns = {"nn": lambda a, b: np.matmul(a, b), "nt": lambda a, b: np.matmul(a, b.T),
          "tn": lambda a, b: np.matmul(a.T, b)}
-  rows = {"nn": lambda a, b: (a.shape[0], b.shape[1]), "nt": lambda a, b: (a.shape[0], b.shape[0]),
-          "tn": lambda a, b: (a.shape[1], b.shape[1])}
+  shapes = {"nn": lambda a, b: (a.shape[0], b.shape[1]),
+            "nt": lambda a, b: (a.shape[0], b.shape[0]),
+            "tn": lambda a, b: (a.shape[1], b.shape[1])}
 
   def product(a, b):
-    return jax.pure_callback(fns[form], jax.ShapeDtypeStruct(rows[form](a, b), a.dtype), a, b,
+    return jax.pure_callback(fns[form], jax.ShapeDtypeStruct(shapes[form](a, b), a.dtype), a, b,
                              vmap_method="sequential")
   return product
 

@@ -9,9 +9,10 @@ token dimension).  This times each form at the Transformer's four Dense shapes
 (qkv-sized d -> 3d, the output projection d -> d, the MLP's d -> 4d and
 4d -> d), in JAX with the step's compiler options (``hptransfer.train``) and,
 if torch is installed, in torch eager (its matmuls are what torch.compile
-calls), and in numpy (its BLAS), interleaved in a random order each round.  Prints one JSON line per
-shape and form with the median milliseconds and GFLOP/s, and the JAX / torch
-time ratio.
+calls), and in numpy (its BLAS), interleaved in a random order each round.
+Prints one JSON line per shape and form with the median milliseconds and
+GFLOP/s, and the medians of the per-round JAX / torch and JAX / numpy time
+ratios.
 
 Why: at width 256 the whole step's matmuls take 217-230 ms in JAX against
 187-192 ms in torch (docs/performance.md); this says which form holds the gap.
@@ -45,6 +46,17 @@ FORMS = {
     "NT (input grad)": lambda x, w, dy: (dy, w.T),
     "TN (weight grad)": lambda x, w, dy: (x.T, dy),
 }
+
+
+def _interleaved(runners: dict, rounds: int, order) -> dict:
+  """Each runner's times over ``rounds`` rounds, in a random order each round."""
+  times = {k: [] for k in runners}
+  for _ in range(rounds):
+    for k in order.permutation(list(runners)):
+      t = time.perf_counter()
+      runners[k]()
+      times[k].append(time.perf_counter() - t)
+  return times
 
 
 def _bf16(a):
@@ -83,12 +95,7 @@ def split3(args):
       runners[k] = lambda fn=fn: fn(aj, bj).block_until_ready()
       for _ in range(3):
         runners[k]()
-    times = {k: [] for k in runners}
-    for _ in range(args.rounds):
-      for k in order.permutation(list(runners)):
-        t = time.perf_counter()
-        runners[k]()
-        times[k].append(time.perf_counter() - t)
+    times = _interleaved(runners, args.rounds, order)
     row = {"shape": f"{n}x{d_in} @ {d_in}x{d_out}", "form": "NN (forward)"}
     for k, ts in times.items():
       row[f"{k}_ms"] = round(1e3 * float(np.median(ts)), 3)
@@ -137,12 +144,7 @@ def main(argv=None):
       for run in runners.values():
         for _ in range(3):
           run()
-      times = {k: [] for k in runners}
-      for _ in range(args.rounds):
-        for k in order.permutation(list(runners)):
-          t = time.perf_counter()
-          runners[k]()
-          times[k].append(time.perf_counter() - t)
+      times = _interleaved(runners, args.rounds, order)
       flops = 2 * n * d_in * d_out
       row = {"shape": f"{n}x{d_in} @ {d_in}x{d_out}", "form": form}
       for k, ts in times.items():
