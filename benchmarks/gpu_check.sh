@@ -2,8 +2,9 @@
 # The one prepared run for a lent GPU: everything in issues 5 and 6 that needs
 # a GPU, in priority order, each stage under its own time limit, the results
 # packed after every stage so a run cut short still returns what it measured.
-# Issue 6 (open) comes first: the benchmark table, MFU under other XLA flags
-# and the compilation cache (about 9 minutes); then issue 5's figure presets
+# Issue 6 (open) comes first: the benchmark table, MFU under other XLA flags,
+# the compilation cache and the optimizer's share of the MFU step (about 11
+# minutes); then issue 5's figure presets
 # (ended blocked on GPU time), which resume from .gpu_prev.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [BUDGET_SECONDS=540]
@@ -33,7 +34,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke bench mfu_flags compile_cache compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig} "
+STAGES=" ${STAGES:-smoke bench mfu_flags compile_cache mfu_parts compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -111,6 +112,14 @@ fi
 want compile_cache && stage compile_cache 200 $PY benchmarks/compile_cache.py --steps 20 \
     --out "$W/bench/compile_cache_gpu.json"
 tail -3 "$W/logs/compile_cache.log" 2>/dev/null
+
+# --- 1d. the width-2048 step's loss and gradients alone (no optimizer update) ------------
+# Checks the arithmetic in docs/performance.md ("Is 65% MFU reachable?"): the
+# AdamW update's float32 traffic alone should take about 4 ms of the step.
+want mfu_parts && stage mfu_parts 150 $PY benchmarks/train_step.py --width 2048 --depth 8 \
+    --batch 8 --seq 1024 --head_dim 128 --attention cudnn --dtype bf16 --peak_flops 989e12 \
+    --steps 20 --warmup 5 --grads_only
+grep '^{' "$W/logs/mfu_parts.log" 2>/dev/null
 
 # --- 2. XLA flags for the presets: compile seconds against step time, one process per flag set ----------
 # On a Fig. 1-like group step (width 512, 16 vmapped trials).  With

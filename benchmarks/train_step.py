@@ -13,7 +13,9 @@ second over ``--peak_flops``, when given), ``compile_s`` (first call) and
 (``--vmap 1``: the same step for one trial).  ``--attention`` is the model's
 (default auto: blocked on CPU, xla elsewhere); ``--attention cudnn`` uses
 cuDNN's fused attention (GPU, bf16).  ``--ceiling`` first times one large
-matmul, the practical peak the MFU is read against.  On CUDA the torch model is
+matmul, the practical peak the MFU is read against.  ``--grads_only`` times the
+JAX loss and gradients without the optimizer update, a diagnostic of the
+update's share of the step (its row says ``grads_only``).  On CUDA the torch model is
 compiled with ``mode="reduce-overhead"`` (CUDA graphs) and uses fused AdamW.
 Peak memory is the process's running peak, so in table mode it only grows.
 ``--torch`` also times a PyTorch model of the same shape and step (pre-norm
@@ -105,8 +107,10 @@ def jax_step(args):
     tx = optim.build(cfg.optimizer, built.leaf_trees(), cfg.train.steps)
     state = train_lib.init_state(built, tx, 0)
     consts = built.consts()
-    fn = train_lib.jit_step(train_lib.make_train_step(built, tx, leaf_rms=False),
-                            train_lib.matmul_dtype(cfg), donate_argnums=0)
+    step_fn = train_lib.make_train_step(built, tx, leaf_rms=False)
+    if getattr(args, "grads_only", False):
+      step_fn = _grads_only_step(built)
+    fn = train_lib.jit_step(step_fn, train_lib.matmul_dtype(cfg), donate_argnums=0)
   holder = {"s": state}
 
   def step():
@@ -119,6 +123,20 @@ def jax_step(args):
   step.fn, step.holder, step.consts, step.batch = fn, holder, consts, batch
   step.matmul_dtype = train_lib.matmul_dtype(cfg)
   return step, flops, built.num_params()
+
+
+def _grads_only_step(built):
+  """(state, consts, batch) -> (state, metrics) that computes the loss and the
+  gradients and leaves the state as it is: no optimizer update.  A diagnostic
+  of the update's share of a step (``--grads_only``), not a training step."""
+  from hptransfer import train as train_lib
+  grad_fn = jax.value_and_grad(lambda p, c, b: train_lib.loss_fn(built, p, c, b)[0])
+
+  def step(state, consts, batch_BxT1):
+    loss, grads = grad_fn(state["params"], consts, batch_BxT1)
+    # Every gradient is an output, so none of the backward pass is dropped.
+    return state, {"loss": loss, "grads": grads}
+  return step
 
 
 def torch_step(args):
@@ -252,6 +270,8 @@ def measure(args) -> list[dict]:
       r = np.asarray(times["torch"]) / np.asarray(ts)
       row["vs_torch"] = float(np.median(r))
       row["vs_torch_iqr"] = [float(np.percentile(r, 25)), float(np.percentile(r, 75))]
+    if k == "jax" and getattr(args, "grads_only", False):
+      row["grads_only"] = True     # no optimizer update: not a training step
     if k == "jax" and jax.default_backend() == "cpu":
       row["cpu_dots"] = train_lib.cpu_dots(step.matmul_dtype)
     if k == "torch":
@@ -310,6 +330,9 @@ def main():
   ap.add_argument("--batch", type=int, default=16)
   ap.add_argument("--seq", type=int, default=128)
   ap.add_argument("--vmap", type=int, default=0)
+  ap.add_argument("--grads_only", action="store_true",
+                  help="JAX: time the loss and gradients without the optimizer update "
+                  "(a diagnostic of the update's share; not with --vmap)")
   ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
   ap.add_argument("--matmul_dtype", default="", choices=["", "bf16"],
                   help="bf16: the JAX model's dense-layer operands in bf16 with f32 "
@@ -328,6 +351,8 @@ def main():
                   help="run the shapes of TABLES[name] (default cpu)")
   ap.add_argument("--out", default="", help="table mode: write OUT.json and OUT.md")
   args = ap.parse_args()
+  if args.grads_only and args.vmap:
+    ap.error("--grads_only times one trial's loss and gradients; drop --vmap")
   rows = []
   if args.ceiling:
     print(json.dumps(matmul_ceiling(args)), flush=True)

@@ -4,6 +4,7 @@ import contextlib
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -47,3 +48,23 @@ def test_blas_ffi_variant_trains_the_same_model():
   loss, gnorm = _first_step(ab_step.VARIANTS["blas_ffi"][0])
   np.testing.assert_allclose(loss, base[0], rtol=1e-5)
   np.testing.assert_allclose(gnorm, base[1], rtol=1e-4)
+
+
+def test_grads_only_step_computes_gradients_and_updates_nothing():
+  """``train_step.py --grads_only`` times the loss and gradients alone: its
+  state must not move (the normal step's loss does), and its gradient norm is
+  the one the training step reports."""
+  args = argparse.Namespace(width=64, depth=1, batch=2, seq=32, head_dim=16, dtype="fp32",
+                            matmul_dtype="", attention="auto", vmap=0, torch_mode="",
+                            torch_dtype="", grads_only=True)
+  grads_step, _, _ = train_step.jax_step(args)
+  first, second = grads_step(), grads_step()
+  assert float(first["loss"]) == float(second["loss"])
+  args.grads_only = False
+  train, _, _ = train_step.jax_step(args)
+  t1, t2 = train(), train()
+  np.testing.assert_allclose(float(t1["loss"]), float(first["loss"]), rtol=1e-6)
+  assert float(t2["loss"]) < float(t1["loss"])
+  gnorm = np.sqrt(sum(float(np.sum(np.square(g)))
+                      for g in jax.tree_util.tree_leaves(first["grads"])))
+  np.testing.assert_allclose(gnorm, float(t1["grad_norm"]), rtol=1e-5)
