@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,16 +155,19 @@ _blas_matmul.defvjp(
     lambda res, g: (_host_product("nt")(g, res[1]), _host_product("tn")(res[0], g)))
 
 
-def _blas_dot_general(x, w, dimension_numbers, precision=None, preferred_element_type=None):
-  if x.ndim == 2 and w.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())):
-    return _blas_matmul(x, w)
-  return jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
-                             preferred_element_type=preferred_element_type)
+def _dense_through(matmul):
+  """A stand-in for ``transformer.dense`` whose 2-D products x @ w go to
+  ``matmul`` (any other contraction to XLA)."""
+  def dot_general(x, w, dimension_numbers, precision=None, preferred_element_type=None):
+    if x.ndim == 2 and w.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())):
+      return matmul(x, w)
+    return jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
 
-
-def _blas_dense(features, use_bias, dtype, matmul_dtype, name):
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                  dot_general=_blas_dot_general)
+  def dense(features, use_bias, dtype, matmul_dtype, name):
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
+                    dot_general=dot_general)
+  return dense
 
 
 _FFI_TARGET = "hptransfer_bench_blas_gemm"
@@ -214,18 +216,10 @@ _ffi_matmul.defvjp(lambda x, w: (_ffi_gemm(x, w), (x, w)),
                    lambda res, g: (_ffi_gemm(g, res[1], tb=True), _ffi_gemm(res[0], g, ta=True)))
 
 
-def _ffi_dot_general(x, w, dimension_numbers, precision=None, preferred_element_type=None):
-  if x.ndim == 2 and w.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())):
-    return _ffi_matmul(x, w)
-  return jax.lax.dot_general(x, w, dimension_numbers, precision=precision,
-                             preferred_element_type=preferred_element_type)
-
-
 @contextlib.contextmanager
 def _blas_ffi():
   build_blas_ffi()
-  with _patched(T, "dense", lambda features, use_bias, dtype, matmul_dtype, name: nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, name=name, dot_general=_ffi_dot_general)):
+  with _patched(T, "dense", _dense_through(_ffi_matmul)):
     yield
 
 
@@ -237,7 +231,7 @@ VARIANTS = {
     "fused_qkv": (lambda: _patched(T, "Attention", _FusedQKV), None),
     "no_mults": (lambda: _patched(P, "apply_forward_mults", lambda p, m: p), None),
     "vw512": (None, {"xla_cpu_prefer_vector_width": 512}),
-    "blas_callback": (lambda: _patched(T, "dense", _blas_dense), None),
+    "blas_callback": (lambda: _patched(T, "dense", _dense_through(_blas_matmul)), None),
     "blas_ffi": (_blas_ffi, None),
 }
 
@@ -281,10 +275,8 @@ def main(argv=None):
   unknown = [v for v in names if v not in VARIANTS]
   if unknown:
     ap.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-  step_args = argparse.Namespace(
-      width=args.width, depth=args.depth, batch=args.batch, seq=args.seq,
-      head_dim=args.head_dim, dtype="fp32", matmul_dtype="", attention="auto", vmap=0,
-      torch_mode="", torch_dtype="")
+  step_args = train_step.step_args(width=args.width, depth=args.depth, batch=args.batch,
+                                   seq=args.seq, head_dim=args.head_dim)
   runners = {"base": build(step_args)}
   for name in names:
     runners[name] = build(step_args, *VARIANTS[name])
@@ -293,13 +285,7 @@ def main(argv=None):
   for run in runners.values():
     for _ in range(args.warmup):
       run()
-  times = {k: [] for k in runners}
-  order = np.random.default_rng(0)
-  for _ in range(args.rounds):
-    for k in order.permutation(list(runners)):
-      t = time.perf_counter()
-      runners[k]()
-      times[k].append(time.perf_counter() - t)
+  times = train_step.interleaved(runners, args.rounds, np.random.default_rng(0))
   for k, ts in times.items():
     row = {"variant": k, "step_ms": round(1e3 * float(np.median(ts)), 1)}
     if k not in ("base", "torch"):

@@ -31,14 +31,15 @@ import argparse
 import json
 import os
 import sys
-import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import train_step  # noqa: E402
 from hptransfer import train as train_lib  # noqa: E402
 
 FORMS = {
@@ -46,17 +47,6 @@ FORMS = {
     "NT (input grad)": lambda x, w, dy: (dy, w.T),
     "TN (weight grad)": lambda x, w, dy: (x.T, dy),
 }
-
-
-def _interleaved(runners: dict, rounds: int, order) -> dict:
-  """Each runner's times over ``rounds`` rounds, in a random order each round."""
-  times = {k: [] for k in runners}
-  for _ in range(rounds):
-    for k in order.permutation(list(runners)):
-      t = time.perf_counter()
-      runners[k]()
-      times[k].append(time.perf_counter() - t)
-  return times
 
 
 def _bf16(a):
@@ -95,7 +85,7 @@ def split3(args):
       runners[k] = lambda fn=fn: fn(aj, bj).block_until_ready()
       for _ in range(3):
         runners[k]()
-    times = _interleaved(runners, args.rounds, order)
+    times = train_step.interleaved(runners, args.rounds, order)
     row = {"shape": f"{n}x{d_in} @ {d_in}x{d_out}", "form": "NN (forward)"}
     for k, ts in times.items():
       row[f"{k}_ms"] = round(1e3 * float(np.median(ts)), 3)
@@ -144,7 +134,7 @@ def main(argv=None):
       for run in runners.values():
         for _ in range(3):
           run()
-      times = _interleaved(runners, args.rounds, order)
+      times = train_step.interleaved(runners, args.rounds, order)
       flops = 2 * n * d_in * d_out
       row = {"shape": f"{n}x{d_in} @ {d_in}x{d_out}", "form": form}
       for k, ts in times.items():

@@ -67,7 +67,7 @@ def main():
   ap.add_argument("--attention", default="auto", choices=["auto", "xla", "blocked", "cudnn"])
   ap.add_argument("--trace_dir", default="/tmp/hptransfer_trace")
   ap.add_argument("--hlo", action="store_true")
-  args = ap.parse_args()
+  args = train_step.step_args(**vars(ap.parse_args()))
   step, flops, _ = train_step.jax_step(args)
   for _ in range(3):
     jax.block_until_ready(step())

@@ -108,7 +108,7 @@ def jax_step(args):
     state = train_lib.init_state(built, tx, 0)
     consts = built.consts()
     step_fn = train_lib.make_train_step(built, tx, leaf_rms=False)
-    if getattr(args, "grads_only", False):
+    if args.grads_only:
       step_fn = _grads_only_step(built)
     fn = train_lib.jit_step(step_fn, train_lib.matmul_dtype(cfg), donate_argnums=0)
   holder = {"s": state}
@@ -221,6 +221,19 @@ def _peak_mem_mb(framework="jax"):
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def interleaved(runners: dict, rounds: int, order: np.random.Generator) -> dict:
+  """Each runner's wall times over ``rounds`` rounds.  Interleaved, so all see
+  the same machine, in a random order each round (drawn from ``order``) so
+  that none always runs right after another."""
+  times = {k: [] for k in runners}
+  for _ in range(rounds):
+    for k in order.permutation(list(runners)):
+      t = time.perf_counter()
+      runners[k]()
+      times[k].append(time.perf_counter() - t)
+  return times
+
+
 def measure(args) -> list[dict]:
   from hptransfer import train as train_lib
   from hptransfer.models import resolve_attention
@@ -239,15 +252,7 @@ def measure(args) -> list[dict]:
   for run in runners.values():        # warm-up
     for _ in range(args.warmup):
       run()
-  # Interleaved, so both see the same machine, in a random order each round so
-  # that neither always runs right after the other.
-  times = {k: [] for k in runners}
-  order = np.random.default_rng(0)
-  for _ in range(args.steps):
-    for k in order.permutation(list(runners)):
-      t = time.perf_counter()
-      runners[k]()
-      times[k].append(time.perf_counter() - t)
+  times = interleaved(runners, args.steps, np.random.default_rng(0))
   out = []
   K = max(args.vmap, 1)
   for k, ts in times.items():
@@ -270,7 +275,7 @@ def measure(args) -> list[dict]:
       r = np.asarray(times["torch"]) / np.asarray(ts)
       row["vs_torch"] = float(np.median(r))
       row["vs_torch_iqr"] = [float(np.percentile(r, 25)), float(np.percentile(r, 75))]
-    if k == "jax" and getattr(args, "grads_only", False):
+    if k == "jax" and args.grads_only:
       row["grads_only"] = True     # no optimizer update: not a training step
     if k == "jax" and jax.default_backend() == "cpu":
       row["cpu_dots"] = train_lib.cpu_dots(step.matmul_dtype)
@@ -321,7 +326,7 @@ def markdown(rows) -> str:
   return "\n".join(md)
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser()
   ap.add_argument("--model", default="transformer", choices=["transformer"])
   ap.add_argument("--width", type=int, default=256)
@@ -350,6 +355,20 @@ def main():
   ap.add_argument("--table", nargs="?", const="cpu", default="", choices=["", *TABLES],
                   help="run the shapes of TABLES[name] (default cpu)")
   ap.add_argument("--out", default="", help="table mode: write OUT.json and OUT.md")
+  return ap
+
+
+def step_args(**overrides) -> argparse.Namespace:
+  """This script's flags at their defaults, with ``overrides``: what
+  ``jax_step`` and ``torch_step`` read, for the scripts and tests that build
+  the same steps (ab_step.py, profile_step.py)."""
+  args = parser().parse_args([])
+  vars(args).update(overrides)
+  return args
+
+
+def main():
+  ap = parser()
   args = ap.parse_args()
   if args.grads_only and args.vmap:
     ap.error("--grads_only times one trial's loss and gradients; drop --vmap")

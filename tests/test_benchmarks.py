@@ -1,5 +1,4 @@
 """The A/B variants of benchmarks/ab_step.py compute the step they claim to."""
-import argparse
 import contextlib
 import os
 import sys
@@ -15,9 +14,7 @@ import train_step  # noqa: E402
 
 
 def _first_step(patch):
-  args = argparse.Namespace(width=128, depth=1, batch=2, seq=32, head_dim=16, dtype="fp32",
-                            matmul_dtype="", attention="auto", vmap=0, torch_mode="",
-                            torch_dtype="")
+  args = train_step.step_args(width=128, depth=1, batch=2, seq=32, head_dim=16)
   with patch():
     step, _, _ = train_step.jax_step(args)
     out = step()          # traced and compiled here, inside the patch
@@ -54,9 +51,8 @@ def test_grads_only_step_computes_gradients_and_updates_nothing():
   """``train_step.py --grads_only`` times the loss and gradients alone: its
   state must not move (the normal step's loss does), and its gradient norm is
   the one the training step reports."""
-  args = argparse.Namespace(width=64, depth=1, batch=2, seq=32, head_dim=16, dtype="fp32",
-                            matmul_dtype="", attention="auto", vmap=0, torch_mode="",
-                            torch_dtype="", grads_only=True)
+  args = train_step.step_args(width=64, depth=1, batch=2, seq=32, head_dim=16,
+                              grads_only=True)
   grads_step, _, _ = train_step.jax_step(args)
   first, second = grads_step(), grads_step()
   assert float(first["loss"]) == float(second["loss"])
