@@ -11,7 +11,7 @@ multi-core CPU an op's total can exceed the wall time) with their share.  Add
 to read what XLA fused.
 
 On CPU the steps use XLA's Eigen dots (``HPTRANSFER_CPU_DOTS``, see
-``hptransfer.train.compiler_options``), which run asynchronously beside the
+``hptransfer.perf.compiler_options``), which run asynchronously beside the
 other ops, so the trace cannot attribute their time (nor that of the ops that
 overlap them).  For an attribution by op, profile with
 ``HPTRANSFER_CPU_DOTS=ynn``, whose dot fusions are timed where they run.

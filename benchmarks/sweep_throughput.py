@@ -24,10 +24,10 @@ import jax
 import numpy as np
 
 from hptransfer import build as build_lib
-from hptransfer import data as data_lib
+from hptransfer import grid
 from hptransfer import optim
-from hptransfer import sweep as S
-from hptransfer import train as train_lib
+from hptransfer import perf
+from hptransfer import step as step_lib
 
 
 def _time(fn, steps):
@@ -44,23 +44,22 @@ def bench(width: int, K: int, steps: int) -> dict:
   from configs.sweeps import width_transformer
   cfg = width_transformer.get_config()
   cfg.model.width = width
-  trials = S.expand(cfg, S.sweep("optimizer.lr", 2.0 ** np.linspace(-12, -6, K)))
+  trials = grid.expand(cfg, grid.sweep("optimizer.lr", 2.0 ** np.linspace(-12, -6, K)))
   builts = [build_lib.build(t.cfg) for t in trials]
   txs = [optim.build(t.cfg.optimizer, b.leaf_trees(), cfg.train.steps) for t, b in zip(trials, builts)]
-  ds = data_lib.get_dataset(cfg.data)
   B, T = cfg.train.batch_size, cfg.data.seq_len
-  batch = ds.batch(0, 0, B, T)
+  batch = builts[0].task.batch(0, 0, B)
 
-  # The sweep engine's group step, vmapped and mapped (hptransfer.sweep.compile_group).
-  consts = S._stack([b.consts() for b in builts])
+  # The sweep engine's group step, vmapped and mapped (hptransfer.step.compile_group).
+  consts = step_lib.stack([b.consts() for b in builts])
   group_s, compile_s = {}, {}
   for loop in ("vmap", "map"):
-    gstep, _ = S.compile_group(builts[0], txs[0], cfg, loop)
-    holder = {"s": S._init_group(builts, txs, trials)}
+    gstep, _ = step_lib.compile_group(builts[0], txs[0], cfg, loop)
+    holder = {"s": step_lib.init_group(builts, [t.cfg for t in trials])}
 
     def g():
-      holder["s"], loss = gstep(holder["s"], consts, batch)
-      return loss
+      holder["s"], metrics = gstep(holder["s"], consts, batch)
+      return metrics["loss"]
     t0 = time.perf_counter()
     jax.block_until_ready(g())
     compile_s[loop] = time.perf_counter() - t0
@@ -70,9 +69,9 @@ def bench(width: int, K: int, steps: int) -> dict:
 
   # One trial at a time (each trial its own state; the compiled step is shared,
   # as it would be in a plain per-trial loop with the multipliers as inputs).
-  step = train_lib.jit_step(train_lib.make_train_step(builts[0], txs[0], leaf_rms=False),
-                              donate_argnums=0)
-  states = [train_lib.init_state(b, tx, 0) for b, tx in zip(builts, txs)]
+  step = perf.jit_step(step_lib.make_train_step(builts[0], txs[0], leaf_rms=False),
+                       donate_argnums=0)
+  states = [step_lib.init_state(b, tx, 0) for b, tx in zip(builts, txs)]
   cs = [b.consts() for b in builts]
 
   def seq():

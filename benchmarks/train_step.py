@@ -29,7 +29,7 @@ activations (``model.matmul_dtype``); torch then runs under bf16 autocast
 (``--torch_dtype`` overrides), so both do their matmuls in bf16.
 
 Model FLOPs: 6 x (matmul parameters) + 12 x depth x seq x width per token
-(``hptransfer.sweep.flops_per_token``), the same for both frameworks.
+(``hptransfer.grid.flops_per_token``), the same for both frameworks.
 """
 from __future__ import annotations
 
@@ -75,9 +75,10 @@ TABLES["gpu_mfu"] = [r for r in TABLES["gpu"] if r["width"] == 2048]   # its lar
 def jax_step(args):
   from configs import transformer
   from hptransfer import build as build_lib
+  from hptransfer import grid
   from hptransfer import optim
-  from hptransfer import sweep as S
-  from hptransfer import train as train_lib
+  from hptransfer import perf
+  from hptransfer import step as step_lib
   cfg = transformer.get_config()
   cfg.model.width, cfg.model.depth = args.width, args.depth
   cfg.model.head_dim = min(args.head_dim, args.width)
@@ -93,35 +94,31 @@ def jax_step(args):
   built = build_lib.build(cfg)
   rng = np.random.default_rng(0)
   batch = jnp.asarray(rng.integers(0, 256, (args.batch, args.seq + 1)), jnp.int32)
-  flops = S.flops_per_token(built) * args.batch * args.seq
+  flops = grid.flops_per_token(built) * args.batch * args.seq
   if args.vmap:
-    trials = S.expand(cfg, S.sweep("optimizer.lr", 2.0 ** np.linspace(-12, -6, args.vmap)))
+    trials = grid.expand(cfg, grid.sweep("optimizer.lr", 2.0 ** np.linspace(-12, -6, args.vmap)))
     builts = [build_lib.build(t.cfg) for t in trials]
-    txs = [optim.build(t.cfg.optimizer, b.leaf_trees(), cfg.train.steps)
-           for t, b in zip(trials, builts)]
-    state = S._init_group(builts, txs, trials)
-    consts = S._stack([b.consts() for b in builts])
-    fn, _ = S.compile_group(builts[0], txs[0], cfg, "vmap")   # the sweep engine's own step
+    tx0 = optim.build(cfg.optimizer, builts[0].leaf_trees(), cfg.train.steps)
+    state = step_lib.init_group(builts, [t.cfg for t in trials])
+    consts = step_lib.stack([b.consts() for b in builts])
+    fn, _ = step_lib.compile_group(builts[0], tx0, cfg, "vmap")   # the sweep engine's own step
     flops *= args.vmap
   else:
     tx = optim.build(cfg.optimizer, built.leaf_trees(), cfg.train.steps)
-    state = train_lib.init_state(built, tx, 0)
+    state = step_lib.init_state(built, tx, 0)
     consts = built.consts()
-    step_fn = train_lib.make_train_step(built, tx, leaf_rms=False)
-    if args.grads_only:
-      step_fn = _grads_only_step(built)
-    fn = train_lib.jit_step(step_fn, train_lib.matmul_dtype(cfg), donate_argnums=0)
+    step_fn = (_grads_only_step(built) if args.grads_only
+               else step_lib.make_train_step(built, tx, leaf_rms=False))
+    fn = perf.jit_step(step_fn, perf.matmul_dtype(cfg), donate_argnums=0)
   holder = {"s": state}
 
   def step():
     holder["s"], out = fn(holder["s"], consts, batch)
     return out
-  # The optimized HLO, for benchmarks/profile_step.py --hlo; the pieces, for
-  # recompiling the same step under other XLA options in an A/B script
-  # (``step.fn.lower(...).compile(compiler_options=...)``, docs/performance.md).
+  # The optimized HLO, for benchmarks/profile_step.py --hlo.
   step.compiled_text = lambda: fn.lower(holder["s"], consts, batch).compile().as_text()
   step.fn, step.holder, step.consts, step.batch = fn, holder, consts, batch
-  step.matmul_dtype = train_lib.matmul_dtype(cfg)
+  step.matmul_dtype = perf.matmul_dtype(cfg)
   return step, flops, built.num_params()
 
 
@@ -129,8 +126,8 @@ def _grads_only_step(built):
   """(state, consts, batch) -> (state, metrics) that computes the loss and the
   gradients and leaves the state as it is: no optimizer update.  A diagnostic
   of the update's share of a step (``--grads_only``), not a training step."""
-  from hptransfer import train as train_lib
-  grad_fn = jax.value_and_grad(lambda p, c, b: train_lib.loss_fn(built, p, c, b)[0])
+  from hptransfer import step as step_lib
+  grad_fn = jax.value_and_grad(lambda p, c, b: step_lib.loss_fn(built, p, c, b)[0])
 
   def step(state, consts, batch_BxT1):
     loss, grads = grad_fn(state["params"], consts, batch_BxT1)
@@ -235,7 +232,7 @@ def interleaved(runners: dict, rounds: int, order: np.random.Generator) -> dict:
 
 
 def measure(args) -> list[dict]:
-  from hptransfer import train as train_lib
+  from hptransfer import perf
   from hptransfer.models import resolve_attention
   runners = {}
   t0 = time.perf_counter()
@@ -278,7 +275,7 @@ def measure(args) -> list[dict]:
     if k == "jax" and args.grads_only:
       row["grads_only"] = True     # no optimizer update: not a training step
     if k == "jax" and jax.default_backend() == "cpu":
-      row["cpu_dots"] = train_lib.cpu_dots(step.matmul_dtype)
+      row["cpu_dots"] = perf.cpu_dots(step.matmul_dtype)
     if k == "torch":
       import torch
       row["torch"] = torch.__version__

@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = transformer.get_config()
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
+  c.model.module = ""
   c.model.width = 256                 # hidden units
   c.model.depth = 2                   # hidden layers after the input layer
   c.model.context = 8                 # tokens each position sees

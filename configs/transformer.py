@@ -13,8 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                          # parameter-init seed
 
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "lm"                  # lm (next-token) | classification
+
   c.model = ml_collections.ConfigDict()
-  c.model.name = "transformer"        # transformer | mlp
+  c.model.name = "transformer"        # a registered model: transformer | mlp | mixer
+  c.model.module = ""                 # or your own: "my_pkg.models:make_model", a
+                                      #   factory make_model(width, ...) -> nn.Module
   c.model.width = 128                 # d_model
   c.model.depth = 2                   # number of residual blocks
   c.model.head_dim = 32               # heads = width // head_dim
@@ -52,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.parameterization.role_rules = ()  # ((regex, role), ...) overriding inference
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"          # sgd | adam | adamw | adam_atan2
+  c.optimizer.name = "adamw"          # sgd | adam | adamw | adam_atan2 | lion
   c.optimizer.lr = 2.0 ** -7          # global (base-shape) peak learning rate
   c.optimizer.weight_decay = 0.0
   c.optimizer.weight_decay_mode = "coupled"  # coupled: p -= lr*wd*p (AdamW);

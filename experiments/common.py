@@ -73,7 +73,7 @@ def base_config(p: dict, **fields):
   if isinstance(p.get("steps"), int) and c.train.steps != p["steps"]:
     set_steps(c, p["steps"])
   for key, value in fields.items():
-    sweep_lib._set(c, key, value)
+    sweep_lib.set_key(c, key, value)
   return c
 
 
@@ -129,7 +129,7 @@ def _match_float_noise(trials, df) -> set:
     keys = {}
     for k in sweep_lib.ROW_KEYS:
       try:
-        keys[k] = sweep_lib._get(t.cfg, k)
+        keys[k] = sweep_lib.get_key(t.cfg, k)
       except (KeyError, AttributeError):   # a config without that section
         pass
     keys.update(t.overrides)

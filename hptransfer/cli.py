@@ -35,19 +35,46 @@ def setup() -> None:
   enable_compilation_cache()
 
 
+def default_config_path(path: str) -> str:
+  """``configs/<x>.py`` as given when it exists here, else the copy installed
+  with the package (so the CLIs' defaults work outside the repository)."""
+  if os.path.exists(path) or not path.startswith("configs/"):
+    return path
+  try:
+    import configs
+  except ImportError:
+    return path
+  installed = os.path.join(os.path.dirname(configs.__file__), path[len("configs/"):])
+  return installed if os.path.exists(installed) else path
+
+
 def config_flag(default: str = "configs/transformer.py"):
   from ml_collections import config_flags
-  return config_flags.DEFINE_config_file("config", default, "ml_collections config file")
+  return config_flags.DEFINE_config_file("config", default_config_path(default),
+                                         "ml_collections config file")
+
+
+def user_error_types() -> tuple:
+  """The errors that mean bad input, each with a message naming the fix."""
+  from hptransfer.configlib import ConfigError
+  from hptransfer.data import DataError
+  from hptransfer.grid import SweepError
+  from hptransfer.models import ModelError
+  from hptransfer.optim import OptimizerError
+  from hptransfer.parameterization import ParameterizationError
+  from hptransfer.perf import PerfError
+  from hptransfer.step import StepError
+  from hptransfer.tasks import TaskError
+  return (ConfigError, DataError, SweepError, ModelError, OptimizerError,
+          ParameterizationError, PerfError, StepError, TaskError)
 
 
 @contextlib.contextmanager
 def user_errors(extra: tuple = ()):
-  """Bad input (config, data, parameterization) -> one line on stderr, exit 2."""
-  from hptransfer.configlib import ConfigError
-  from hptransfer.data import DataError
-  from hptransfer.parameterization import ParameterizationError
+  """Bad input (config, model, data, parameterization, ...) -> one line on
+  stderr, exit 2."""
   try:
     yield
-  except (ConfigError, DataError, ParameterizationError) + tuple(extra) as e:
+  except user_error_types() + tuple(extra) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

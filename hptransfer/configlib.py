@@ -1,51 +1,63 @@
 """Config checks shared by every entry point: fail before any work, naming the
-field and the fix."""
+field and the fix.
+
+The sections' own checks live with what they configure: each registered
+model's ``validate`` (``hptransfer.models``), each optimizer's ``checks``
+(``hptransfer.optim``), each task's ``validate`` (``hptransfer.tasks``).
+"""
 from __future__ import annotations
 
 import os
-
-from hptransfer import data as data_lib
-from hptransfer import parameterization as P
-from hptransfer.models import DTYPES, MODELS
-from hptransfer.models.transformer import ACTIVATIONS
-from hptransfer.optim import SCHEDULES
-WD_MODES = ("coupled", "independent")
 
 
 class ConfigError(ValueError):
   pass
 
 
-def _one_of(value, options, field):
+def one_of(value, options, field):
   if value not in options:
     raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(str, options))}; "
                       f"set --config.{field}=<one of them>")
 
 
-def _positive_int(value, field):
+def positive_int(value, field):
   if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ConfigError(f"{field}={value!r} must be a positive integer")
 
 
+# The names earlier code used.
+_one_of, _positive_int = one_of, positive_int
+
+
+def _wrap(fn, *args):
+  """Run a section's check, reporting its error as a ConfigError."""
+  from hptransfer import models, optim, tasks
+  try:
+    fn(*args)
+  except (models.ModelError, optim.OptimizerError, tasks.TaskError) as e:
+    raise ConfigError(str(e)) from None
+
+
 def validate(cfg) -> None:
+  from hptransfer import data as data_lib
+  from hptransfer import models, optim, tasks
+  from hptransfer import parameterization as P
   m, p, o, t, d = cfg.model, cfg.parameterization, cfg.optimizer, cfg.train, cfg.data
-  _one_of(m.name, MODELS, "model.name")
-  _positive_int(m.width, "model.width")
-  _positive_int(m.depth, "model.depth")
-  _one_of(m.activation, tuple(ACTIVATIONS), "model.activation")
-  _one_of(m.compute_dtype, tuple(DTYPES), "model.compute_dtype")
+  positive_int(m.width, "model.width")
+  positive_int(m.depth, "model.depth")
+  one_of(m.compute_dtype, tuple(models.DTYPES), "model.compute_dtype")
+  factory, where, entry = _resolve_model(m)
   if m.get("matmul_dtype"):
     if m.matmul_dtype != "bfloat16":
       raise ConfigError(f"model.matmul_dtype={m.matmul_dtype!r} is neither '' (matmuls in "
                         f"model.compute_dtype) nor 'bfloat16' (bf16 operands, f32 "
                         f"accumulation); set --config.model.matmul_dtype=bfloat16 or ''")
-    if m.name != "transformer":
+    if entry is None or entry.name != "transformer":
       raise ConfigError(f"model.matmul_dtype={m.matmul_dtype!r} is implemented for the "
-                        f"transformer only; set --config.model.matmul_dtype='' for "
-                        f"model.name={m.name!r}")
-  _one_of(p.name, P.PARAMETERIZATIONS, "parameterization.name")
-  _positive_int(p.base_width, "parameterization.base_width")
-  _positive_int(p.base_depth, "parameterization.base_depth")
+                        f"transformer only; set --config.model.matmul_dtype='' for {where}")
+  one_of(p.name, P.names(), "parameterization.name")
+  positive_int(p.base_width, "parameterization.base_width")
+  positive_int(p.base_depth, "parameterization.base_depth")
   if p.base_width > m.width:
     raise ConfigError(
         f"parameterization.base_width={p.base_width} is larger than model.width="
@@ -54,47 +66,45 @@ def validate(cfg) -> None:
   if not 0.0 <= float(p.alpha) <= 1.0:
     raise ConfigError(f"parameterization.alpha={p.alpha} must lie in [0, 1] "
                       "(0: muP, 0.5: Depth-muP, 1: CompleteP)")
-  if p.init_std < 0:
+  if not p.init_std >= 0:
     raise ConfigError(f"parameterization.init_std={p.init_std} must be >= 0")
-  if m.name == "transformer":
-    _one_of(m.norm, ("rmsnorm", "layernorm"), "model.norm")
-    _positive_int(m.head_dim, "model.head_dim")
-    attention = m.get("attention", "auto")
-    _one_of(attention, ("auto", "xla", "blocked", "cudnn"), "model.attention")
-    if attention in ("auto", "blocked"):
-      _positive_int(m.get("attention_block", 64), "model.attention_block")
-    if attention == "cudnn" and m.compute_dtype == "float32":
-      raise ConfigError("model.attention='cudnn' needs a 16-bit compute dtype: set "
-                        "--config.model.compute_dtype=bfloat16 or model.attention='xla'")
-    for field, w in (("model.width", m.width),
-                     ("parameterization.base_width", p.base_width)):
-      if w % m.head_dim:
-        raise ConfigError(
-            f"{field}={w} is not divisible by model.head_dim={m.head_dim}; "
-            "heads are width // head_dim: pick a multiple of the head dim")
-  _one_of(o.name, tuple(P.OPTIMIZER_FAMILY), "optimizer.name")
-  if not o.lr > 0:
-    raise ConfigError(f"optimizer.lr={o.lr} must be > 0")
-  if o.weight_decay < 0:
-    raise ConfigError(f"optimizer.weight_decay={o.weight_decay} must be >= 0")
-  if o.name == "adam" and o.weight_decay:
-    raise ConfigError("optimizer.weight_decay is set with optimizer.name='adam'; "
-                      "use --config.optimizer.name=adamw for decoupled decay")
-  _one_of(o.weight_decay_mode, WD_MODES, "optimizer.weight_decay_mode")
-  _one_of(o.schedule, SCHEDULES, "optimizer.schedule")
-  if o.warmup_steps < 0 or o.warmup_steps > t.steps:
-    raise ConfigError(f"optimizer.warmup_steps={o.warmup_steps} must lie in "
-                      f"[0, train.steps={t.steps}]")
+  for field in ("output_mult", "embed_mult", "attn_mult"):
+    if field in p and not p[field] > 0:
+      raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
+  one_of(o.name, optim.names(), "optimizer.name")
+  _wrap(optim.validate, o, t.steps if isinstance(t.steps, int) else None)
   for field in ("steps", "batch_size", "eval_every", "eval_batches",
                 "checkpoint_every", "log_every"):
-    _positive_int(t[field], f"train.{field}")
-  _one_of(d.name, data_lib.DATASETS, "data.name")
-  _positive_int(d.seq_len, "data.seq_len")
+    positive_int(t[field], f"train.{field}")
+  if not t.get("divergence_mult", 3.0) > 1.0:
+    raise ConfigError(f"train.divergence_mult={t.divergence_mult} must be > 1 (a trial "
+                      "whose loss exceeds this multiple of its first loss is frozen)")
+  positive_int(d.seq_len, "data.seq_len")
+  _wrap(tasks.validate, cfg)
+  task_name = tasks.task_name(cfg)
+  if entry is not None and task_name not in entry.tasks:
+    raise ConfigError(f"model.name={entry.name!r} is a model for task(s) {list(entry.tasks)}, "
+                      f"not task.name={task_name!r}; pick a model of that task "
+                      f"({', '.join(n for n, e in models.REGISTRY.items() if task_name in e.tasks)})"
+                      " or set --config.task.name")
+  if entry is not None and entry.validate is not None:
+    _wrap(entry.validate, cfg)
   if d.name == "tokens":
     for field in ("train_path", "val_path"):
       path = os.path.expanduser(d.get(field) or "")
       if not os.path.isfile(path):
         raise ConfigError(f"data.{field}={path!r}: no such token file; set "
                           f"--config.data.{field}=/path/to/tokens.bin")
-  data_lib.vocab_size(d)
-  _one_of(cfg.wandb.mode, ("disabled", "offline", "online"), "wandb.mode")
+  if task_name == "lm":
+    data_lib.vocab_size(d)
+  one_of(cfg.wandb.mode, ("disabled", "offline", "online"), "wandb.mode")
+
+
+def _resolve_model(m):
+  from hptransfer import models
+  try:
+    factory, where, entry = models.resolve(m)
+    models.check_factory(factory, where)
+  except models.ModelError as e:
+    raise ConfigError(str(e)) from None
+  return factory, where, entry

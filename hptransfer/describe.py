@@ -1,7 +1,8 @@
 """What the parameterization does to each parameter of a model.
 
     python -m hptransfer.describe --config configs/transformer.py \
-        [--config.model.width=512 ...] [--format table|json|csv]
+        [--config.model.width=512 ...] [--config.model.module=my_pkg.models:make_model] \
+        [--format table|json|csv]
 
 One row per parameter leaf: ``path, shape, role, fan_in_mult, fan_out_mult,
 init_std, forward_mult, lr_mult, wd_mult, eps_mult``.  ``init_std`` is the std
@@ -11,6 +12,7 @@ of the stored leaf at init (0 for constant-initialised biases and gains),
 epsilon for that leaf under the configured optimizer (``eps_mult`` is null for
 optimizers without an epsilon).  The table format adds a header with the
 model-level knobs (attention-logit scale, residual branch multiplier).
+In Python: ``print(hptransfer.parameterize(...).describe())``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import csv
 import io
 import json
 
-from hptransfer import build as build_lib
 from hptransfer.parameterization import DESCRIBE_KEYS
 
 
@@ -32,10 +33,20 @@ def _fmt(v) -> str:
   return str(v)
 
 
-def render(built, fmt: str = "table") -> str:
-  rows = built.describe()
+def table(rows) -> str:
+  """The rows as an aligned text table."""
+  cells = [list(DESCRIBE_KEYS)] + [[_fmt(r[k]) for k in DESCRIBE_KEYS] for r in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(DESCRIBE_KEYS))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def render(p, fmt: str = "table") -> str:
+  """``p``: a ``Parameterized`` (``hptransfer.parameterize`` or ``build``)."""
+  rows = p.describe()
   if fmt == "json":
-    return json.dumps(rows, indent=1)
+    return json.dumps(list(rows), indent=1)
   if fmt == "csv":
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=DESCRIBE_KEYS)
@@ -43,35 +54,27 @@ def render(built, fmt: str = "table") -> str:
     for r in rows:
       w.writerow({k: _fmt(v) if k == "shape" else v for k, v in r.items()})
     return buf.getvalue()
-  cfg = built.cfg
-  p, m = cfg.parameterization, cfg.model
-  head = [
-      f"parameterization={p.name}  optimizer={cfg.optimizer.name}  "
-      f"width={m.width} (base {p.base_width})  depth={m.depth} (base {p.base_depth}, "
-      f"alpha={p.alpha})",
-      f"attention logit scale={built.attn_scale:.6g}  residual branch "
-      f"multiplier={built.branch_mult:.6g}  params={built.num_params():,}",
-      ""]
-  table = [list(DESCRIBE_KEYS)] + [[_fmt(r[k]) for k in DESCRIBE_KEYS] for r in rows]
-  widths = [max(len(row[i]) for row in table) for i in range(len(DESCRIBE_KEYS))]
-  lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-  lines.insert(1, "  ".join("-" * w for w in widths))
-  return "\n".join(head + lines)
+  return str(rows)
 
 
 def main(argv):
   del argv
   from absl import flags
-  FLAGS = flags.FLAGS
+  from hptransfer import build as build_lib
   from hptransfer import cli
+  FLAGS = flags.FLAGS
   cli.quiet_logs()
   with cli.user_errors():
     print(render(build_lib.build(FLAGS.config), FLAGS.format))
 
 
-if __name__ == "__main__":
+def run():
   from absl import app, flags
   from hptransfer import cli
   cli.config_flag()
   flags.DEFINE_enum("format", "table", ["table", "json", "csv"], "output format")
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

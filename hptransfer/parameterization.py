@@ -1,4 +1,4 @@
-"""Parameterizations as data: the abc rules of SP, muP, NTK and mean-field.
+"""Parameterizations as data: roles, per-leaf scales, and a registry of rules.
 
 Every parameter leaf ``w`` enters the model as ``W = forward_mult * w`` with
 ``w0 ~ N(0, init_std**2)`` and is trained with learning rate
@@ -31,16 +31,12 @@ which axes grow with width:
 inference; a rule that matches no leaf, or a leaf that two rules give different
 roles, is an error naming it.
 
-Width rules (exponents on (m_in, m_out); rows "sgd" / "adam" are the LR).
-muP follows microsoft/mup exactly (MuReadout + MuAdam / MuSGD): the readout is
-stored at the base std and divided by m_in in the forward pass.  NTK uses a
-global learning rate (Jacot et al. 2018).  Mean-field (MF) uses the abc of
-Everett et al. (hidden a=1/2, readout a=1, b=0) with the per-layer learning
-rates that their symmetry maps onto muP, so MF and muP train the *same*
-function up to Adam's epsilon; a test checks that.
-
-See ``TABLE`` below, and ``python -m hptransfer.describe`` for what it does to a
-given model.
+Width rules: a ``Parameterization`` is one ``Rule`` per role (exponents on
+(m_in, m_out) of the init std, the forward multiplier and the LR of each
+optimizer family), registered by name.  SP, muP, NTK and mean-field are in
+``hptransfer/parameterizations/abc.py``; adding one is one module in that
+package that calls ``register``.  ``python -m hptransfer.describe`` (or
+``Parameterized.describe()``) shows what one does to a given model.
 
 Depth rules (Depth-muP, Yang et al. 2023 / Bordelon et al. 2023; CompleteP,
 Dey et al. 2025).  The model multiplies every residual branch by ``d**-alpha``.
@@ -75,10 +71,6 @@ import jax.numpy as jnp
 import numpy as np
 
 ROLES = ("input", "hidden", "output", "vector", "scalar")
-PARAMETERIZATIONS = ("sp", "mup", "ntk", "mf")
-FAMILIES = ("sgd", "adam")
-# Optimizer name -> rule family.
-OPTIMIZER_FAMILY = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adam_atan2": "adam"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,38 +85,83 @@ class Rule:
     return self.lr_sgd if family == "sgd" else self.lr_adam
 
 
-_NONE = (0.0, 0.0)
-_SP_MATRIX = Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=_NONE, lr_adam=_NONE)
-_CONST = Rule(init=_NONE, forward=_NONE, lr_sgd=_NONE, lr_adam=_NONE)
-_VECTOR_MUP = Rule(init=_NONE, forward=_NONE, lr_sgd=(0.0, 1.0), lr_adam=_NONE)
-_INPUT_MUP = Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=(0.0, 1.0), lr_adam=_NONE)
-_OUTPUT_MUP = Rule(init=_NONE, forward=(-1.0, 0.0), lr_sgd=(1.0, 0.0), lr_adam=_NONE)
-_NTK_MATRIX = Rule(init=_NONE, forward=(-0.5, 0.0), lr_sgd=_NONE, lr_adam=_NONE)
+@dataclasses.dataclass(frozen=True)
+class Parameterization:
+  """A registered parameterization: one ``Rule`` per role, and how the
+  attention logits scale with the head dimension (``sqrt``: 1/sqrt(d_head) as
+  in SP; ``linear``: 1/d_head, anchored to equal SP at the base head dim)."""
+  name: str
+  rules: Mapping[str, Rule]
+  attention: str = "sqrt"
+  doc: str = ""
 
-# TABLE[parameterization][role] -> Rule.  Input layers have a fixed fan-in, so
-# their m_in exponents never matter; they are written as for any matrix.
-TABLE: dict[str, dict[str, Rule]] = {
-    "sp": {"input": _SP_MATRIX, "hidden": _SP_MATRIX, "output": _SP_MATRIX,
-           "vector": _CONST, "scalar": _CONST},
-    "mup": {
-        "input": _INPUT_MUP,
-        "hidden": Rule(init=(-0.5, 0.0), forward=_NONE,
-                       lr_sgd=(-1.0, 1.0), lr_adam=(-1.0, 0.0)),
-        "output": _OUTPUT_MUP,
-        "vector": _VECTOR_MUP,
-        "scalar": _CONST,
-    },
-    "ntk": {"input": _NTK_MATRIX, "hidden": _NTK_MATRIX, "output": _NTK_MATRIX,
-            "vector": _CONST, "scalar": _CONST},
-    "mf": {
-        "input": _INPUT_MUP,
-        "hidden": Rule(init=_NONE, forward=(-0.5, 0.0),
-                       lr_sgd=(0.0, 1.0), lr_adam=(-0.5, 0.0)),
-        "output": _OUTPUT_MUP,
-        "vector": _VECTOR_MUP,
-        "scalar": _CONST,
-    },
-}
+
+REGISTRY: dict[str, Parameterization] = {}
+
+
+def register(p: Parameterization) -> Parameterization:
+  missing = set(ROLES) - set(p.rules)
+  if missing:
+    raise ValueError(f"parameterization {p.name!r} has no rule for roles {sorted(missing)}")
+  if p.attention not in ("sqrt", "linear"):
+    raise ValueError(f"parameterization {p.name!r}: attention={p.attention!r} is not "
+                     "'sqrt' or 'linear'")
+  REGISTRY[p.name] = p
+  return p
+
+
+def names() -> tuple[str, ...]:
+  return tuple(REGISTRY)
+
+
+def get(name: str) -> Parameterization:
+  if name not in REGISTRY:
+    raise ParameterizationError(
+        f"parameterization.name={name!r} is not one of {', '.join(names())}; set "
+        "--config.parameterization.name=<one of them>")
+  return REGISTRY[name]
+
+
+class _Table(Mapping):
+  """``TABLE[name][role] -> Rule``, read from the registry."""
+
+  def __getitem__(self, name):
+    return get(name).rules
+
+  def __iter__(self):
+    return iter(REGISTRY)
+
+  def __len__(self):
+    return len(REGISTRY)
+
+
+TABLE = _Table()
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+  """The parameterization's settings besides its name (the ``parameterization``
+  config section; ``hptransfer.parameterize`` takes them as keywords)."""
+  base_width: int = 64
+  base_depth: int = 1
+  alpha: float = 0.0              # branch mult (depth/base_depth)^-alpha
+  init_std: float = 1.0           # matrices N(0, init_std^2/fan_in), tables N(0, init_std^2)
+  output_mult: float = 1.0        # readout forward multiplier
+  embed_mult: float = 1.0         # embedding-table forward multiplier
+  attn_mult: float = 1.0          # multiplies the attention-logit scale
+  base_head_dim: int = 0          # 0: the model's head dim (muP's 1/d anchor)
+  zero_init_readout: bool = False
+  zero_init_query: bool = False
+  query_regex: str = r"(^|/)query/kernel$"
+  block_regex: str = r"(^|/)block_\d+/"
+  role_rules: tuple = ()          # ((regex, role), ...) overriding inference
+
+  @classmethod
+  def from_config(cls, pcfg) -> "Knobs":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: pcfg[k] for k in fields if k in pcfg}
+    kw["role_rules"] = tuple(tuple(r) for r in kw.get("role_rules", ()))
+    return cls(**kw)
 
 
 def depth_exponents(alpha: float, family: str) -> dict[str, float]:
@@ -204,8 +241,8 @@ def infer_roles(target: Mapping[str, tuple], base: Mapping[str, tuple],
     if not (len(shape) == len(b) == len(d)):
       raise ParameterizationError(
           f"leaf {path!r} changes rank with width ({b} at base, {d} at delta); "
-          "cannot infer its role: add a (regex, role) rule to "
-          "parameterization.role_rules")
+          "cannot infer its role: add a (regex, role) rule for it to "
+          "parameterization.role_rules (role_rules= in hptransfer.parameterize)")
     matched = {role for rx, role in rules if re.search(rx, path)}
     used |= {rx for rx, role in rules if re.search(rx, path)}
     if len(matched) > 1:
@@ -215,6 +252,13 @@ def infer_roles(target: Mapping[str, tuple], base: Mapping[str, tuple],
     if matched:
       roles[path] = matched.pop()
       continue
+    shrinks = [i for i, (bi, di) in enumerate(zip(b, d)) if di < bi]
+    if shrinks:
+      raise ParameterizationError(
+          f"leaf {path!r} has axes {shrinks} that shrink as the width grows ({b} at "
+          f"base width, {d} at twice it); no role fits: add a (regex, role) rule for it "
+          f"to parameterization.role_rules (role_rules= in hptransfer.parameterize), "
+          f"e.g. ({'^' + re.escape(path) + '$'!r}, 'hidden')")
     grows = [bi != di for bi, di in zip(b, d)]
     if len(shape) <= 1:
       roles[path] = "vector" if any(grows) else "scalar"
@@ -248,23 +292,22 @@ def _power(m_in: float, m_out: float, e: tuple[float, float]) -> float:
   return out
 
 
-def build_table(pcfg, optimizer_name: str, weight_decay_mode: str,
-                target: Mapping[str, tuple], base: Mapping[str, tuple],
-                delta: Mapping[str, tuple], depth: int) -> dict[str, Leaf]:
-  """Per-leaf scales for one model; ``pcfg`` is the ``parameterization`` config."""
-  name = pcfg.name
-  family = OPTIMIZER_FAMILY[optimizer_name]
-  rules = [tuple(r) for r in pcfg.get("role_rules", ())]
-  roles = infer_roles(target, base, delta, rules)
-  d = depth / pcfg.base_depth
-  dexp = depth_exponents(float(pcfg.alpha), family)
-  block_rx = re.compile(pcfg.block_regex)
-  query_rx = re.compile(pcfg.query_regex)
-  has_eps = optimizer_name in ("adam", "adamw")
+def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
+                weight_decay_mode: str, target: Mapping[str, tuple],
+                base: Mapping[str, tuple], delta: Mapping[str, tuple],
+                depth: int) -> dict[str, Leaf]:
+  """Per-leaf scales of one model under parameterization ``name``, for an
+  optimizer of ``family`` (``hptransfer.optim``)."""
+  rules_by_role = get(name).rules
+  roles = infer_roles(target, base, delta, knobs.role_rules)
+  d = depth / knobs.base_depth
+  dexp = depth_exponents(float(knobs.alpha), family)
+  block_rx = re.compile(knobs.block_regex)
+  query_rx = re.compile(knobs.query_regex)
   table = {}
   for path, shape in target.items():
     role = roles[path]
-    rule = TABLE[name][role]
+    rule = rules_by_role[role]
     lookup = path.split("/")[-1] == "embedding"
     base_in, base_out = _fans(base[path])
     fan_in, fan_out = _fans(shape)
@@ -272,20 +315,20 @@ def build_table(pcfg, optimizer_name: str, weight_decay_mode: str,
     in_block = bool(block_rx.search(path))
 
     if len(shape) >= 2:
-      base_std = pcfg.init_std * (1.0 if lookup else 1.0 / math.sqrt(base_in))
+      base_std = knobs.init_std * (1.0 if lookup else 1.0 / math.sqrt(base_in))
       init_std = base_std * _power(m_in, m_out, rule.init)
-      if role == "output" and pcfg.zero_init_readout:
+      if role == "output" and knobs.zero_init_readout:
         init_std = 0.0
-      if pcfg.zero_init_query and query_rx.search(path):
+      if knobs.zero_init_query and query_rx.search(path):
         init_std = 0.0
     else:
       init_std = 0.0  # biases and gains keep the model's constant init
 
     forward = _power(m_in, m_out, rule.forward)
     if role == "output":
-      forward *= pcfg.output_mult
+      forward *= knobs.output_mult
     if lookup and role == "input":
-      forward *= pcfg.embed_mult
+      forward *= knobs.embed_mult
 
     lr = _power(m_in, m_out, rule.lr(family))
     eps = 1.0
@@ -305,33 +348,33 @@ def build_table(pcfg, optimizer_name: str, weight_decay_mode: str,
                        lookup=lookup)
   if dexp["branch"] and not any(l.in_block for l in table.values()):
     raise ParameterizationError(
-        f"parameterization.alpha={pcfg.alpha} needs residual blocks, but no leaf "
-        f"matches parameterization.block_regex={pcfg.block_regex!r}; use alpha=0 "
-        "or a residual model")
+        f"parameterization.alpha={knobs.alpha} needs residual blocks, but no leaf "
+        f"matches parameterization.block_regex={knobs.block_regex!r}; use alpha=0, "
+        "or name your residual blocks block_<i>, or set block_regex to match them")
   return table
 
 
-def attention_scale(pcfg, head_dim: int) -> float:
+def attention_scale(name: str, knobs: Knobs, head_dim: int) -> float:
   """Attention-logit multiplier: SP/NTK 1/sqrt(d_head); muP/MF 1/d_head.
 
   muP's 1/d_head is anchored at the base head dimension so that at base shape
   it equals SP's 1/sqrt(d_head) exactly:
   ``attn_mult * (1/sqrt(base_hd)) * (base_hd / hd)``.
   """
-  base_hd = pcfg.get("base_head_dim") or head_dim
-  if pcfg.name not in ("mup", "mf"):
-    return pcfg.attn_mult * (1.0 / math.sqrt(head_dim))
-  scale = pcfg.attn_mult * (1.0 / math.sqrt(base_hd))
+  base_hd = knobs.base_head_dim or head_dim
+  if get(name).attention == "sqrt":
+    return knobs.attn_mult * (1.0 / math.sqrt(head_dim))
+  scale = knobs.attn_mult * (1.0 / math.sqrt(base_hd))
   if head_dim != base_hd:
     scale *= base_hd / head_dim
   return scale
 
 
-def branch_multiplier(pcfg, depth: int) -> float:
-  alpha = float(pcfg.alpha)
+def branch_multiplier(knobs: Knobs, depth: int) -> float:
+  alpha = float(knobs.alpha)
   if alpha == 0:
     return 1.0
-  return (depth / pcfg.base_depth) ** (-alpha)
+  return (depth / knobs.base_depth) ** (-alpha)
 
 
 def _tree_from_table(params_like, table: Mapping[str, Leaf], field: str, dtype=jnp.float32):
@@ -376,3 +419,14 @@ def _path_hash(path: str) -> int:
 
 def apply_forward_mults(params, forward_mults):
   return jax.tree_util.tree_map(lambda w, m: w * m.astype(w.dtype), params, forward_mults)
+
+
+def _register_builtins() -> None:
+  import importlib
+  import pkgutil
+  from hptransfer import parameterizations
+  for m in pkgutil.iter_modules(parameterizations.__path__):
+    importlib.import_module(f"{parameterizations.__name__}.{m.name}")
+
+
+_register_builtins()

@@ -4,37 +4,38 @@ import jax.numpy as jnp
 import pytest
 
 from configs import transformer
+from hptransfer import perf
 from hptransfer import models
-from hptransfer import train as train_lib
 from hptransfer.configlib import ConfigError
 
 
 def _compiled_text(fn, *args):
-  return train_lib.jit_step(fn).lower(*args).compile().as_text()
+  return perf.jit_step(fn).lower(*args).compile().as_text()
 
 
 def test_cpu_steps_use_eigen_dots_unless_told_otherwise(monkeypatch):
   a = jnp.ones((64, 32))
   b = jnp.ones((32, 16))
-  monkeypatch.delenv(train_lib.CPU_DOTS_ENV, raising=False)
-  assert train_lib.cpu_dots() == "eigen"
+  monkeypatch.delenv(perf.CPU_DOTS_ENV, raising=False)
+  assert perf.cpu_dots() == "eigen"
   assert "ynn_fusion" not in _compiled_text(lambda x, y: x @ y, a, b)
-  monkeypatch.setenv(train_lib.CPU_DOTS_ENV, "ynn")
-  assert train_lib.compiler_options() == {}
+  monkeypatch.setenv(perf.CPU_DOTS_ENV, "ynn")
+  assert perf.compiler_options() == {}
   assert "__ynn_fusion" in _compiled_text(lambda x, y: x @ y, a, b)
 
 
 def test_bad_cpu_dots_names_the_variable_and_the_fix(monkeypatch):
-  monkeypatch.setenv(train_lib.CPU_DOTS_ENV, "mkl")
+  monkeypatch.setenv(perf.CPU_DOTS_ENV, "mkl")
   with pytest.raises(ConfigError, match=r"HPTRANSFER_CPU_DOTS='mkl'.*eigen, ynn"):
-    train_lib.compiler_options()
+    perf.compiler_options()
 
 
 def test_auto_attention_is_blocked_on_cpu_and_passes_other_names_through():
   cfg = transformer.get_config()
   assert cfg.model.attention == "auto"
   assert jax.default_backend() == "cpu"
-  assert models.build(cfg).attention == "blocked"
+  from hptransfer import build as build_lib
+  assert build_lib.build(cfg).model.attention == "blocked"
   assert models.resolve_attention("xla") == "xla"
   assert models.resolve_attention("cudnn") == "cudnn"
 

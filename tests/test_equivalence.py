@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from hptransfer import step as step_lib
 from hptransfer import build as build_lib
 from hptransfer import data as data_lib
 from hptransfer import optim
-from hptransfer import train as train_lib
 
 
 def run_steps(cfg, n):
   built = build_lib.build(cfg)
   trees = built.leaf_trees()
   tx = optim.build(cfg.optimizer, trees, cfg.train.steps)
-  state = train_lib.init_state(built, tx, cfg.seed)
-  step = jax.jit(train_lib.make_train_step(built, tx))
+  state = step_lib.init_state(built, tx, cfg.seed)
+  step = jax.jit(step_lib.make_train_step(built, tx))
   ds = data_lib.get_dataset(cfg.data)
   history = [jax.device_get(state["params"])]
   losses, update_rms = [], []

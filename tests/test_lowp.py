@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from hptransfer import perf
+from hptransfer import step as step_lib
 from hptransfer import build as build_lib
 from hptransfer import sweep as S
-from hptransfer import train as train_lib
 from hptransfer.configlib import ConfigError, validate
-from hptransfer.models import lowp
+from hptransfer.perf import lowp
 
 BF16 = jnp.bfloat16
 
@@ -99,7 +100,7 @@ def test_bf16_matmul_model_tracks_the_float32_model():
     params = built.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (4, cfg.data.seq_len + 1), 0, 32)
     out[mm] = jax.jit(jax.value_and_grad(
-        lambda p: train_lib.loss_fn(built, p, built.consts(), tokens)[0]))(params)
+        lambda p: step_lib.loss_fn(built, p, built.consts(), tokens)[0]))(params)
   (l32, g32), (l16, g16) = out[""], out["bfloat16"]
   assert abs(float(l16) - float(l32)) < 1e-2
   assert float(l16) != float(l32)              # the option is wired in
@@ -110,7 +111,7 @@ def test_bf16_matmul_model_tracks_the_float32_model():
 def test_bf16_matmul_step_keeps_every_product_in_bf16_on_cpu(monkeypatch):
   """No product falls back to XLA's float32 path (Eigen, or YNNPACK on
   operands cast back to f32): each one is a YNNPACK fusion of bf16 operands."""
-  monkeypatch.delenv(train_lib.CPU_DOTS_ENV, raising=False)
+  monkeypatch.delenv(perf.CPU_DOTS_ENV, raising=False)
   # The issue's 16 x 128 tokens: with fewer, XLA copies some operands into
   # another layout itself, and the test could not tell.
   cfg = tiny_config(**{"model.matmul_dtype": "bfloat16", "model.attention": "blocked",
@@ -120,9 +121,9 @@ def test_bf16_matmul_step_keeps_every_product_in_bf16_on_cpu(monkeypatch):
   built = build_lib.build(cfg)
   from hptransfer import optim
   tx = optim.build(cfg.optimizer, built.leaf_trees(), cfg.train.steps)
-  state = train_lib.init_state(built, tx, 0)
+  state = step_lib.init_state(built, tx, 0)
   batch = jnp.zeros((cfg.train.batch_size, cfg.data.seq_len + 1), jnp.int32)
-  step = train_lib.jit_step(train_lib.make_train_step(built, tx), "bfloat16")
+  step = perf.jit_step(step_lib.make_train_step(built, tx), "bfloat16")
   txt = step.lower(state, built.consts(), batch).compile().as_text()
   bodies = dict(re.findall(r"\n%?([\w.\-]+) \(([^\n]*)\) -> [^\n]*\{", txt))
   calls = re.findall(r"%([\w.\-]+) = [^\n]*calls=%([\w.\-]+)", txt)
@@ -138,11 +139,11 @@ def test_bf16_matmul_step_keeps_every_product_in_bf16_on_cpu(monkeypatch):
 
 
 def test_matmul_dtype_picks_ynnpack_and_the_env_still_wins(monkeypatch):
-  monkeypatch.delenv(train_lib.CPU_DOTS_ENV, raising=False)
-  assert train_lib.cpu_dots("bfloat16") == "ynn"
-  assert train_lib.cpu_dots("") == "eigen"
-  monkeypatch.setenv(train_lib.CPU_DOTS_ENV, "eigen")
-  assert train_lib.cpu_dots("bfloat16") == "eigen"
+  monkeypatch.delenv(perf.CPU_DOTS_ENV, raising=False)
+  assert perf.cpu_dots("bfloat16") == "ynn"
+  assert perf.cpu_dots("") == "eigen"
+  monkeypatch.setenv(perf.CPU_DOTS_ENV, "eigen")
+  assert perf.cpu_dots("bfloat16") == "eigen"
 
 
 def test_bad_matmul_dtype_names_the_field_and_the_fix():

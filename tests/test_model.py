@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from hptransfer import step as step_lib
 from hptransfer import build as build_lib
-from hptransfer import train as train_lib
 from hptransfer.models.transformer import blocked_causal_attention
 
 
@@ -42,7 +42,7 @@ def test_blocked_attention_model_matches_default_model():
     params = built.init(jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (4, cfg.data.seq_len + 1), 0, 32)
     loss, grads = jax.jit(jax.value_and_grad(
-        lambda p: train_lib.loss_fn(built, p, built.consts(), tokens)[0]))(params)
+        lambda p: step_lib.loss_fn(built, p, built.consts(), tokens)[0]))(params)
     losses.append((loss, grads))
   (l0, g0), (l1, g1) = losses
   np.testing.assert_allclose(l1, l0, rtol=1e-6)

@@ -51,7 +51,7 @@ def _table(param, opt, width, **kw):
   return build_lib.build(cfg)
 
 
-@pytest.mark.parametrize("param", P.PARAMETERIZATIONS)
+@pytest.mark.parametrize("param", P.names())
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
 @pytest.mark.parametrize("width", [64, 256])
 def test_describe_matches_hand_derived_exponents(param, opt, width):
@@ -131,8 +131,8 @@ def test_depth_rules(alpha, opt):
 
 
 def test_at_base_shape_every_parameterization_is_sp():
-  rows = {p: _table(p, "adamw", 32).describe() for p in P.PARAMETERIZATIONS}
-  for p in P.PARAMETERIZATIONS:
+  rows = {p: _table(p, "adamw", 32).describe() for p in P.names()}
+  for p in P.names():
     assert rows[p] == rows["sp"], p
 
 
@@ -140,9 +140,9 @@ def test_attention_scale_1_over_d_under_mup():
   cfg = tiny_config(**{"model.head_dim": 32, "model.width": 128,
                        "parameterization.base_head_dim": 16,
                        "parameterization.attn_mult": 2.0})
-  assert P.attention_scale(cfg.parameterization, 32) == pytest.approx(2.0 * 4 / 32)
+  assert P.attention_scale(cfg.parameterization.name, P.Knobs.from_config(cfg.parameterization), 32) == pytest.approx(2.0 * 4 / 32)
   cfg.parameterization.name = "sp"
-  assert P.attention_scale(cfg.parameterization, 32) == pytest.approx(2.0 / math.sqrt(32))
+  assert P.attention_scale(cfg.parameterization.name, P.Knobs.from_config(cfg.parameterization), 32) == pytest.approx(2.0 / math.sqrt(32))
 
 
 def test_knobs():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
+from hptransfer import step as step_lib
 from hptransfer import build as build_lib
 from hptransfer import configlib
 from hptransfer import train as train_lib
@@ -97,7 +98,7 @@ def test_wider_is_better_under_mup(tmp_path):
     ({"model.width": 72, "model.head_dim": 16}, "model.width"),
     ({"parameterization.base_width": 128}, "parameterization.base_width"),
     ({"data.name": "tokens", "data.train_path": "/nonexistent/train.bin"}, "data.train_path"),
-    ({"optimizer.name": "lion"}, "optimizer.name"),
+    ({"optimizer.name": "lamb"}, "optimizer.name"),
     ({"optimizer.schedule": "cosin"}, "optimizer.schedule"),
     ({"parameterization.alpha": 2.0}, "parameterization.alpha"),
     ({"optimizer.name": "adam", "optimizer.weight_decay": 0.1}, "optimizer.weight_decay"),
@@ -156,8 +157,8 @@ def test_model_options_train_in_bfloat16():
     built = build_lib.build(cfg)
     trees = built.leaf_trees()
     tx = optim.build(cfg.optimizer, trees, 10)
-    state = train_lib.init_state(built, tx, 0)
-    step = jax.jit(train_lib.make_train_step(built, tx, 1e-2))
+    state = step_lib.init_state(built, tx, 0)
+    step = jax.jit(step_lib.make_train_step(built, tx, 1e-2))
     ds = data_lib.get_dataset(cfg.data)
     for t in range(5):
       state, m = step(state, built.consts(), ds.batch(0, t, 4, 16))

@@ -26,8 +26,7 @@ class MLP(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
-    del attn_scale  # no attention here
+  def __call__(self, tokens_BxT, branch_mult=1.0):
     act = ACTIVATIONS[self.activation]
     e_BxTxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype,
                        name="tok_embed")(tokens_BxT)
@@ -50,3 +49,27 @@ class MLP(nn.Module):
     logits_BxTxV = logits_BxTxV.astype(jnp.float32)
     self.sow("intermediates", "logits", logits_BxTxV)
     return logits_BxTxV
+
+
+def _validate(cfg) -> None:
+  from hptransfer.configlib import one_of, positive_int
+  one_of(cfg.model.activation, tuple(ACTIVATIONS), "model.activation")
+  positive_int(cfg.model.context, "model.context")
+
+
+def make_mlp(width: int, depth: int, vocab_size: int, context: int = 8,
+             activation: str = "relu", use_bias: bool = True, residual: bool = False,
+             compute_dtype: str = "float32") -> MLP:
+  """Byte-context MLP language model (tokens [B, T] -> logits [B, T, V])."""
+  from hptransfer import models
+  return MLP(vocab_size=vocab_size, width=width, depth=depth, context=context,
+             activation=activation, use_bias=use_bias, residual=residual,
+             dtype=models.dtype(compute_dtype))
+
+
+def _register():
+  from hptransfer import models
+  models.register("mlp", tasks=("lm",), validate=_validate)(make_mlp)
+
+
+_register()

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hptransfer.models import lowp
+from hptransfer.perf import lowp
 
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "tanh": jnp.tanh}
 
@@ -192,3 +192,53 @@ class Transformer(nn.Module):
     logits_BxTxV = logits_MxV.reshape(B, T, -1).astype(jnp.float32)
     self.sow("intermediates", "logits", logits_BxTxV)
     return logits_BxTxV
+
+
+# ----------------------------------------------------------------------------
+# Registration: the factory and the checks of its config section.
+
+
+def _validate(cfg) -> None:
+  from hptransfer.configlib import ConfigError, one_of, positive_int
+  m, p = cfg.model, cfg.parameterization
+  one_of(m.norm, ("rmsnorm", "layernorm"), "model.norm")
+  one_of(m.activation, tuple(ACTIVATIONS), "model.activation")
+  positive_int(m.head_dim, "model.head_dim")
+  if not m.mlp_ratio > 0:
+    raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} must be > 0")
+  attention = m.get("attention", "auto")
+  one_of(attention, ("auto", "xla", "blocked", "cudnn"), "model.attention")
+  if attention in ("auto", "blocked"):
+    positive_int(m.get("attention_block", 64), "model.attention_block")
+  if attention == "cudnn" and m.compute_dtype == "float32":
+    raise ConfigError("model.attention='cudnn' needs a 16-bit compute dtype: set "
+                      "--config.model.compute_dtype=bfloat16 or model.attention='xla'")
+  for field, w in (("model.width", m.width), ("parameterization.base_width", p.base_width)):
+    if w % m.head_dim:
+      raise ConfigError(
+          f"{field}={w} is not divisible by model.head_dim={m.head_dim}; "
+          "heads are width // head_dim: pick a multiple of the head dim")
+
+
+def make_transformer(width: int, depth: int, vocab_size: int, seq_len: int,
+                     head_dim: int = 32, mlp_ratio: float = 4.0, norm: str = "rmsnorm",
+                     activation: str = "gelu", use_bias: bool = False, qk_norm: bool = False,
+                     compute_dtype: str = "float32", attention: str = "auto",
+                     attention_block: int = 64, matmul_dtype: str = "") -> Transformer:
+  """GPT-style pre-norm decoder (tokens [B, T] -> logits [B, T, V])."""
+  from hptransfer import models
+  return Transformer(vocab_size=vocab_size, seq_len=seq_len, width=width, depth=depth,
+                     head_dim=head_dim, mlp_ratio=mlp_ratio, norm=norm,
+                     activation=activation, use_bias=use_bias, qk_norm=qk_norm,
+                     dtype=models.dtype(compute_dtype),
+                     attention=models.resolve_attention(attention),
+                     attention_block=attention_block,
+                     matmul_dtype=models.DTYPES[matmul_dtype] if matmul_dtype else None)
+
+
+def _register():
+  from hptransfer import models
+  models.register("transformer", tasks=("lm",), validate=_validate)(make_transformer)
+
+
+_register()

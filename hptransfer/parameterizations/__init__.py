@@ -1,0 +1,2 @@
+"""Registered parameterizations, one module each; every module here is
+imported with ``hptransfer.parameterization`` and calls its ``register``."""

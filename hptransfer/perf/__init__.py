@@ -1,0 +1,71 @@
+"""Performance-only switches: how the steps are compiled, nothing about what
+they compute.
+
+Two live here, and nowhere else in the library:
+
+- the CPU matmul library of a compiled step (``cpu_dots``, ``compiler_options``,
+  ``jit_step``): XLA's Eigen emitter or YNNPACK fusions;
+- bfloat16 matmul operands with float32 accumulation (``hptransfer.perf.lowp``,
+  switched on by ``model.matmul_dtype = "bfloat16"``).
+
+The measurements behind each default are in docs/performance.md.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+from hptransfer.configlib import ConfigError
+
+CPU_DOTS_ENV = "HPTRANSFER_CPU_DOTS"
+_CPU_DOTS = {
+    # XLA's own dot emitter (Eigen): no YNNPACK fusions.
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    # XLA:CPU's default in jax 0.10: matmuls (and some reductions) as YNNPACK fusions.
+    "ynn": {},
+}
+
+
+class PerfError(ConfigError):
+  """A bad performance switch; the message names it and the fix."""
+
+
+def matmul_dtype(cfg) -> str:
+  """``cfg.model.matmul_dtype`` ("" when unset: the compute dtype)."""
+  return cfg.model.get("matmul_dtype", "") or ""
+
+
+def cpu_dots(matmul_dtype: str = "") -> str:
+  """The CPU matmul library of a step: ``$HPTRANSFER_CPU_DOTS`` when set,
+  else ynn for bfloat16 matmuls (Eigen has no bf16 kernels: XLA would run
+  them in float32) and eigen otherwise."""
+  lib = os.environ.get(CPU_DOTS_ENV) or ("ynn" if matmul_dtype == "bfloat16" else "eigen")
+  if lib not in _CPU_DOTS:
+    raise PerfError(
+        f"{CPU_DOTS_ENV}={lib!r} is not one of {', '.join(_CPU_DOTS)}; "
+        f"unset it (the default: eigen, ynn for bf16 matmuls) or set {CPU_DOTS_ENV}=ynn")
+  return lib
+
+
+def compiler_options(matmul_dtype: str = "") -> dict:
+  """XLA options the training and evaluation steps are compiled with.
+
+  On CPU the float32 matmuls go to XLA's Eigen emitter instead of YNNPACK
+  fusions (``$HPTRANSFER_CPU_DOTS``: eigen, the default, or ynn).  Eigen is
+  1.07-1.11x faster for the Transformer step at width 256 / 16x128,
+  1.20-1.23x at 128 / 32x256 and 512 / 8x512, and 1.06-1.07x for a lax.map
+  sweep group, on the 2-core development VM (docs/performance.md): the
+  attention's small batched matmuls run faster, and two independent ones can
+  run concurrently.  With ``model.matmul_dtype = "bfloat16"`` the default is
+  YNNPACK, the library with bf16 kernels (AMX, AVX512-BF16).  Off the CPU
+  there are no options.
+  """
+  if jax.default_backend() != "cpu":
+    return {}
+  return dict(_CPU_DOTS[cpu_dots(matmul_dtype)])
+
+
+def jit_step(fn, matmul_dtype: str = "", **kwargs):
+  """``jax.jit`` with the step compiler options (see ``compiler_options``)."""
+  return jax.jit(fn, compiler_options=compiler_options(matmul_dtype), **kwargs)

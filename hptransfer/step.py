@@ -1,0 +1,250 @@
+"""The compiled programs: train, eval and guarded steps, state init and stacking.
+
+Everything that trains calls these: ``hptransfer.train`` (one run),
+``hptransfer.sweep`` (vmapped groups), ``hptransfer.coord_check`` and the
+benchmarks.  Here, once:
+
+- **diverged**: a step whose loss is non-finite, or above
+  ``train.divergence_mult`` times the run's first loss (``is_bad``).  From that
+  step on the run is frozen (its state stops changing) and recorded as
+  diverged at that step;
+- **final_train_loss**: the mean training loss over the last 10% of the
+  steps (at least one; ``tail_start``), of a run that did not diverge.
+
+A ``Parameterized`` built from a config (``hptransfer.build``) carries its task,
+which gives the batches, the model's inputs and the loss.
+
+State: ``{"step", "params", "opt_state"}`` for ``make_train_step``; the
+guarded state adds ``alive``, ``loss0``, ``diverged_step``, ``tail_sum`` and
+``tail_n``.  A group's state stacks K trials on a leading axis.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hptransfer import optim
+from hptransfer import perf
+from hptransfer.parameterization import path_str
+
+FINAL_LOSS_DIVISOR = 10     # final_train_loss: mean over the last steps // 10 (at least 1)
+GUARD_KEYS = ("alive", "loss0", "diverged_step", "tail_sum", "tail_n")
+TRIAL_LOOPS = ("auto", "vmap", "map")
+
+
+class StepError(ValueError):
+  """A bad step setting; the message names it and the fix."""
+
+
+# ----------------------------------------------------------------------------
+# One definition of divergence and of the final loss.
+
+
+def is_bad(loss, loss0, divergence_mult: float):
+  """Non-finite, or above ``divergence_mult`` times the first loss."""
+  return ~jnp.isfinite(loss) | (loss > divergence_mult * loss0)
+
+
+def tail_start(total_steps):
+  """First 0-based step whose loss counts towards ``final_train_loss``: the
+  last ``max(1, total_steps // 10)`` steps are the tail."""
+  return total_steps - jnp.maximum(1, total_steps // FINAL_LOSS_DIVISOR)
+
+
+def final_train_loss(tail_sum, tail_n, alive) -> float | None:
+  """The guarded state's final training loss, or None (diverged, or no tail)."""
+  if not bool(alive) or not int(tail_n):
+    return None
+  return float(tail_sum / tail_n)
+
+
+# ----------------------------------------------------------------------------
+# Steps.
+
+
+def loss_fn(p, params, consts, batch, z_loss: float = 0.0):
+  """The task's mean loss (plus z-loss on the logits); returns (loss, metrics)."""
+  task = p.task
+  logits = p.apply(params, task.inputs(batch), consts=consts)
+  ce, metrics = task.loss(logits, batch)
+  loss = ce
+  if z_loss:
+    loss = loss + z_loss * jnp.square(jax.nn.logsumexp(logits, axis=-1)).mean()
+  return loss, metrics
+
+
+def rms_by_leaf(tree) -> dict[str, jax.Array]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {path_str(k): jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+          for k, x in leaves}
+
+
+def global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree_util.tree_leaves(tree)))
+
+
+def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True):
+  """(state, consts, batch) -> (state, metrics); state = {step, params, opt_state}.
+
+  ``consts`` (``p.consts()``) holds the forward multipliers and model knobs.
+  Metrics: ``loss``, ``ce``, ``grad_norm`` and, with ``leaf_rms``, the per-leaf
+  rms of params, grads and updates.
+  """
+  grad_fn = jax.value_and_grad(lambda prm, c, b: loss_fn(p, prm, c, b, z_loss), has_aux=True)
+
+  def step(state, consts, batch):
+    (loss, aux), grads = grad_fn(state["params"], consts, batch)
+    metrics = {"loss": loss, "ce": aux["ce"], "grad_norm": global_norm(grads)}
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if leaf_rms:
+      metrics["rms"] = {"params": rms_by_leaf(params), "grads": rms_by_leaf(grads),
+                        "updates": rms_by_leaf(updates)}
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  return step
+
+
+def make_eval_step(p):
+  """(params, consts, batch) -> the task's eval metrics ({"loss": ..., ...})."""
+  def step(params, consts, batch):
+    logits = p.apply(params, p.task.inputs(batch), consts=consts)
+    return p.task.eval_metrics(logits, batch)
+  return step
+
+
+def make_guarded_step(p, tx, z_loss: float = 0.0, divergence_mult: float = 3.0,
+                      leaf_rms: bool = False):
+  """A train step that freezes the run from the step its loss goes bad
+  (``is_bad``) and sums the losses of the final tail (``tail_start``)."""
+  inner_step = make_train_step(p, tx, z_loss, leaf_rms)
+  mult = float(divergence_mult)
+
+  def step(state, consts, batch):
+    # The run length comes from the optimizer state, so the program does not
+    # depend on it (runs of different lengths share it).
+    total = optim.get_hparams(state["opt_state"])["steps"]
+    inner = {k: state[k] for k in ("step", "params", "opt_state")}
+    new, m = inner_step(inner, consts, batch)
+    loss = m["loss"]
+    loss0 = jnp.where(state["step"] == 0, loss, state["loss0"])
+    bad = is_bad(loss, loss0, mult)
+    alive = state["alive"] & ~bad
+    new = jax.tree_util.tree_map(lambda n, o: jnp.where(alive, n, o), new, inner)
+    in_tail = alive & (state["step"] >= tail_start(total))
+    return {**new, "alive": alive, "loss0": loss0,
+            "diverged_step": jnp.where(state["alive"] & bad, state["step"] + 1,
+                                       state["diverged_step"]),
+            "tail_sum": state["tail_sum"] + jnp.where(in_tail, loss, 0.0),
+            "tail_n": state["tail_n"] + in_tail.astype(jnp.int32)}, m
+
+  return step
+
+
+def guarded_step_of(p, tx, cfg, leaf_rms: bool = False):
+  """``make_guarded_step`` with the config's z-loss and divergence multiple."""
+  return make_guarded_step(p, tx, cfg.model.get("z_loss", 0.0),
+                           cfg.train.get("divergence_mult", 3.0), leaf_rms)
+
+
+# ----------------------------------------------------------------------------
+# State.
+
+
+def init_state(p, tx, seed: int) -> dict:
+  """{step, params, opt_state} of one run."""
+  params = p.init(jax.random.key(seed))
+  return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def guard(state: dict) -> dict:
+  """A run's state with the guard's fields (alive, first loss, tail sums)."""
+  return {**state, "alive": jnp.ones([], bool), "loss0": jnp.zeros([], jnp.float32),
+          "diverged_step": jnp.zeros([], jnp.int32),
+          "tail_sum": jnp.zeros([], jnp.float32), "tail_n": jnp.zeros([], jnp.int32)}
+
+
+def stack(trees):
+  """Trees of the same structure stacked on a new leading axis."""
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _opt_mults(p) -> dict:
+  trees = p.leaf_trees()
+  return {k: trees[k] for k in ("lr_mult", "wd_mult", "eps_mult")}
+
+
+def init_group(builts, cfgs) -> dict:
+  """The stacked, guarded state of K trials, in one compiled call.
+
+  Params come from each trial's seed and init stds; the optimizer state from
+  the first trial's optimizer config with every trial's numbers (``lr``,
+  decay, betas, schedule, run length, per-leaf multipliers) as vmapped
+  inputs, so the optimizer's ``init`` puts each trial's own values into its
+  state.  The trials must share a compiled shape (``hptransfer.grid``).
+  """
+  b0, ocfg0 = builts[0], cfgs[0].optimizer
+  init_fn = b0.init_fn()
+
+  def init_one(key, stds, hp, mults, steps):
+    params = init_fn(jax.random.wrap_key_data(key), stds)
+    return params, optim.build(ocfg0, mults, steps, hp).init(params)
+
+  keys = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in cfgs])
+  stds = stack([b.leaf_trees()["init_std"] for b in builts])
+  hp = stack([{k: jnp.asarray(v, jnp.float32) for k, v in optim.hparams(c.optimizer).items()}
+              for c in cfgs])
+  mults = stack([_opt_mults(b) for b in builts])
+  steps = jnp.asarray([c.train.steps for c in cfgs], jnp.int32)
+  params, opt = jax.jit(jax.vmap(init_one))(keys, stds, hp, mults, steps)
+  K = len(cfgs)
+  return {"step": jnp.zeros([K], jnp.int32), "params": params, "opt_state": opt,
+          "alive": jnp.ones([K], bool), "loss0": jnp.zeros([K], jnp.float32),
+          "diverged_step": jnp.zeros([K], jnp.int32),
+          "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}
+
+
+# ----------------------------------------------------------------------------
+# Compiled group programs.
+
+
+def resolve_trial_loop(trial_loop: str, sharded: bool) -> str:
+  """How a group steps its stacked trials.
+
+  ``vmap``: one batched program over the K trials (what pays on a GPU: 32
+  width-128 trials ran at 3.0x one trial's tokens/s on an H100).
+  ``map``: ``jax.lax.map``, the unbatched step applied to each trial in turn
+  inside one compiled program: same stacked state, checkpoints and results,
+  but plain 2-D matmuls.  On 2 CPU cores this is 1.1-1.8x faster than vmap
+  (docs/sweeps.md), because the batched matmuls' weight gradients need
+  transposing copies there.  ``auto``: map on an unsharded CPU group, else vmap.
+  """
+  if trial_loop not in TRIAL_LOOPS:
+    raise StepError(f"trial_loop={trial_loop!r} is not one of {', '.join(TRIAL_LOOPS)}; "
+                    "pass --trial_loop=auto (map on CPU, vmap on accelerators)")
+  if trial_loop != "auto":
+    return trial_loop
+  return "map" if jax.default_backend() == "cpu" and not sharded else "vmap"
+
+
+def compile_group(p, tx, cfg, loop: str):
+  """(step, eval) over a group's stacked state, vmapped or mapped (see
+  ``resolve_trial_loop``); the batch is shared by every trial.  ``step``
+  returns (state, metrics) with per-trial metrics; ``eval`` per-trial eval
+  metrics."""
+  guarded = guarded_step_of(p, tx, cfg)
+  evaluate = make_eval_step(p)
+  mm = perf.matmul_dtype(cfg)
+  if loop == "vmap":
+    return (perf.jit_step(jax.vmap(guarded, in_axes=(0, 0, None)), mm, donate_argnums=0),
+            perf.jit_step(jax.vmap(evaluate, in_axes=(0, 0, None)), mm))
+
+  def step(state, consts, batch):
+    return jax.lax.map(lambda sc: guarded(sc[0], sc[1], batch), (state, consts))
+
+  def evaluate_all(params, consts, batch):
+    return jax.lax.map(lambda pc: evaluate(pc[0], pc[1], batch), (params, consts))
+  return (perf.jit_step(step, mm, donate_argnums=0), perf.jit_step(evaluate_all, mm))
+
