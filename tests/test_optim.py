@@ -151,3 +151,83 @@ def test_schedules_match_optax_with_the_run_length_traced(name, warmup):
     ref = np.asarray([float(_optax_schedule(ocfg, total)(t)) for t in range(total + 3)])
     np.testing.assert_allclose(ours, ref, atol=2e-6, err_msg=f"{name} total={total}")
   assert f._cache_size() == 1          # one program for every run length
+
+
+def _params_like():
+  return {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_every_optimizer_keeps_its_numbers_in_its_state(name):
+  """The contract that lets a sweep group vmap trials: an optimizer built
+  with one trial's numbers, updating a state initialised with another's,
+  steps exactly as the other's own optimizer would.  Every number a sweep may
+  vary (lr, decay, schedule, the optimizer's own, per-leaf multipliers, run
+  length) is perturbed."""
+  spec = optim.get(name)
+  a = _ocfg(name=name, lr=0.1, weight_decay=0.0 if name == "adam" else 0.1,
+            schedule="cosine", warmup_steps=2, final_lr_ratio=0.1, b1=0.9, b2=0.99, eps=1e-8)
+  b = _ocfg(name=name, lr=0.03, weight_decay=0.0 if name == "adam" else 0.4,
+            schedule="cosine", warmup_steps=1, final_lr_ratio=0.5, b1=0.5, b2=0.9, eps=1e-3)
+  mults_a = _ones(PARAMS)
+  mults_b = {k: jax.tree_util.tree_map(lambda x: 2.0 * x, v) for k, v in mults_a.items()}
+  tx_a = optim.build(a, mults_a, 10)
+  tx_b = optim.build(b, mults_b, 7)
+  # Initialised inside a vmap with b's numbers as traced inputs, as init_group does.
+  hp_b = {k: jnp.asarray([v], jnp.float32) for k, v in optim.hparams(b).items()}
+  mults_b1 = jax.tree_util.tree_map(lambda x: x[None], mults_b)
+  init = jax.vmap(lambda p, hp, m, s: optim.build(a, m, s, hp).init(p))
+  state = jax.tree_util.tree_map(lambda x: x[0], init(
+      jax.tree_util.tree_map(lambda x: x[None], PARAMS), hp_b, mults_b1, jnp.asarray([7])))
+  ref_state = tx_b.init(PARAMS)
+  p_ours, p_ref = PARAMS, PARAMS
+  for t in range(4):
+    u, state = tx_a.update(_grads(t), state, p_ours)
+    r, ref_state = tx_b.update(_grads(t), ref_state, p_ref)
+    p_ours, p_ref = optax.apply_updates(p_ours, u), optax.apply_updates(p_ref, r)
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), p_ours, p_ref)
+  # ... and b's numbers made a difference.
+  p_a = _run(tx_a, 4)
+  assert float(jnp.abs(p_a["w"] - p_ref["w"]).max()) > 1e-3
+  # Every vmapped field is one the optimizer config has.
+  assert set(optim.vmapped_fields(name)) <= set(optim.DEFAULTS)
+  assert spec.family in optim.FAMILIES
+
+
+def test_lion_is_optax_lion():
+  ocfg = _ocfg(name="lion", lr=0.01, b1=0.9, b2=0.99, weight_decay=0.5)
+  ours = _run(optim.build(ocfg, _ones(PARAMS), 10))
+  ref = _run(optax.inject_hyperparams(optax.lion)(0.01, b1=0.9, b2=0.99, weight_decay=0.5))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, ref)
+  # Sign updates: the first step moves every coordinate by lr (plus decay).
+  tx = optim.build(_ocfg(name="lion", lr=0.01), _ones(PARAMS), 10)
+  upd, _ = tx.update(_grads(0), tx.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(np.abs(upd["w"]), 0.01, rtol=1e-6)
+
+
+def test_lion_takes_adams_width_rules():
+  from conftest import tiny_config
+  from hptransfer import build as build_lib
+  rows = {o: {r["path"]: r for r in build_lib.build(tiny_config(**{
+      "optimizer.name": o, "model.width": 128})).describe()} for o in ("adamw", "lion")}
+  for path, r in rows["lion"].items():
+    assert r["lr_mult"] == rows["adamw"][path]["lr_mult"], path
+    assert r["eps_mult"] is None          # no epsilon
+  assert rows["lion"]["block_0/attn/query/kernel"]["lr_mult"] == pytest.approx(0.25)
+
+
+def test_the_config_file_writes_out_the_optimizer_defaults():
+  from configs import transformer
+  assert transformer.get_config().optimizer.to_dict() == optim.DEFAULTS
+
+
+def test_optimizer_settings_are_checked_against_their_domains():
+  for bad, match in ((dict(b1=1.0), r"optimizer.b1=1.0 must lie in \[0, 1\)"),
+                     (dict(name="sgd", b1=-0.1), r"optimizer.b1=-0.1 \(SGD's momentum\)"),
+                     (dict(eps=-1.0), r"optimizer.eps=-1.0 must be >= 0"),
+                     (dict(final_lr_ratio=2.0), r"final_lr_ratio=2.0 must lie in \[0, 1\]"),
+                     (dict(decay_fraction=0.0), r"decay_fraction=0.0 must lie in \(0, 1\]"),
+                     (dict(grad_clip=-1.0), r"grad_clip=-1.0 must be >= 0"),
+                     (dict(weight_decay_mode="l2"), r"weight_decay_mode='l2' is not one of")):
+    with pytest.raises(optim.OptimizerError, match=match):
+      optim.validate(_ocfg(**bad), 10)

@@ -17,6 +17,7 @@ from conftest import ROOT
 ROWS = {   # committed results.jsonl -> (experiment, preset)
     "docs/experiments/tp5_fig1/gpu/results.jsonl": ("tp5_fig1", "gpu"),
     "docs/experiments/depth_transfer/gpu/results.jsonl": ("depth_transfer", "gpu"),
+    "docs/experiments/classification_transfer/results.jsonl": ("classification_transfer", "cpu"),
 }
 
 
