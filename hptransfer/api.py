@@ -271,11 +271,17 @@ class Parameterized:
   # -- what it did --------------------------------------------------------------
 
   def header(self) -> str:
-    return (f"parameterization={self.name}  optimizer={self.optimizer_name}  "
-            f"width={self.width} (base {self.base_width})  depth={self.depth} "
-            f"(base {self.base_depth}, alpha={self.knobs.alpha})\n"
-            f"attention logit scale={self.attn_scale:.6g}  residual branch "
-            f"multiplier={self.branch_mult:.6g}  params={self.num_params():,}")
+    first = (f"parameterization={self.name}  optimizer={self.optimizer_name}  "
+             f"width={self.width} (base {self.base_width})")
+    if self.depth is not None:
+      first += f"  depth={self.depth} (base {self.base_depth}, alpha={self.knobs.alpha})"
+    second = []
+    if "attn_scale" in self.call_kwargs:
+      second.append(f"attention logit scale={self.attn_scale:.6g}")
+    if "branch_mult" in self.call_kwargs:
+      second.append(f"residual branch multiplier={self.branch_mult:.6g}")
+    second.append(f"params={self.num_params():,}")
+    return first + "\n" + "  ".join(second)
 
   def describe(self) -> Rows:
     """One row per leaf: path, shape, role, fan-in and fan-out multipliers,
