@@ -25,8 +25,6 @@ def positive_int(value, field):
     raise ConfigError(f"{field}={value!r} must be a positive integer")
 
 
-# The names earlier code used.
-_one_of, _positive_int = one_of, positive_int
 
 
 def _wrap(fn, *args):
