@@ -78,3 +78,40 @@ def user_errors(extra: tuple = ()):
   except user_error_types() + tuple(extra) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+
+def help_text(doc: str) -> str:
+  """The command's docstring and its own flags (absl's --help hides
+  ``--config``, defined in this module, and exits 1)."""
+  from absl import flags
+  FLAGS = flags.FLAGS
+  lines = [doc.strip(), "", "flags:"]
+  mods = FLAGS.flags_by_module_dict()
+  own = [m for m in mods if m.endswith(("hptransfer/cli.py", "hptransfer.cli"))
+         or m == sys.argv[0] or m.endswith(os.path.basename(sys.argv[0] or "-"))
+         or m == "__main__"]
+  seen = set()
+  for m in own:
+    for fl in sorted(mods[m], key=lambda f: f.name):
+      if fl.name in seen:
+        continue
+      seen.add(fl.name)
+      default = "none" if fl.default is None else fl.default_as_str
+      lines.append(f"  --{fl.name}: {fl.help} (default: {default})")
+  lines += ["  --config.<dotted.key>=value: override any key of the config file, e.g. "
+            "--config.model.width=256", "",
+            "Bad input exits 2 with one line naming the field and the fix; "
+            "--helpfull lists absl's and JAX's flags too."]
+  return "\n".join(lines)
+
+
+def run_app(main, doc: str) -> None:
+  """``absl.app.run(main)``, with ``--help`` printing ``help_text`` and exiting 0."""
+  from absl import app
+  if any(a in HELP_FLAGS for a in sys.argv[1:]):
+    print(help_text(doc))
+    sys.exit(0)
+  app.run(main)

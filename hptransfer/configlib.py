@@ -20,6 +20,12 @@ def one_of(value, options, field):
                       f"set --config.{field}=<one of them>")
 
 
+def finite(value, field):
+  import math
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise ConfigError(f"{field}={value!r} must be a finite number; set --config.{field}=<a number>")
+
+
 def positive_int(value, field):
   if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ConfigError(f"{field}={value!r} must be a positive integer")
@@ -64,16 +70,24 @@ def validate(cfg) -> None:
   if not 0.0 <= float(p.alpha) <= 1.0:
     raise ConfigError(f"parameterization.alpha={p.alpha} must lie in [0, 1] "
                       "(0: muP, 0.5: Depth-muP, 1: CompleteP)")
+  for field in ("init_std", "output_mult", "embed_mult", "attn_mult", "alpha"):
+    if field in p:
+      finite(p[field], f"parameterization.{field}")
   if not p.init_std >= 0:
     raise ConfigError(f"parameterization.init_std={p.init_std} must be >= 0")
   for field in ("output_mult", "embed_mult", "attn_mult"):
     if field in p and not p[field] > 0:
       raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
+  if m.get("z_loss", 0.0):
+    finite(m.z_loss, "model.z_loss")
+    if m.z_loss < 0:
+      raise ConfigError(f"model.z_loss={m.z_loss} must be >= 0 (0 turns it off)")
   one_of(o.name, optim.names(), "optimizer.name")
   _wrap(optim.validate, o, t.steps if isinstance(t.steps, int) else None)
   for field in ("steps", "batch_size", "eval_every", "eval_batches",
                 "checkpoint_every", "log_every"):
     positive_int(t[field], f"train.{field}")
+  finite(t.get("divergence_mult", 3.0), "train.divergence_mult")
   if not t.get("divergence_mult", 3.0) > 1.0:
     raise ConfigError(f"train.divergence_mult={t.divergence_mult} must be > 1 (a trial "
                       "whose loss exceeds this multiple of its first loss is frozen)")
@@ -106,3 +120,19 @@ def _resolve_model(m):
   except models.ModelError as e:
     raise ConfigError(str(e)) from None
   return factory, where, entry
+
+
+# Keys a run may change between a kill and its resume: how long it runs and
+# how often it logs, evaluates and saves (wandb.* is logging alone).
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every",
+                     "train.checkpoint_every")
+
+
+def differing_keys(stored: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
+  """Dotted keys whose values differ between two config dicts (missing on
+  one side counts), leaving out ``ignore`` and ``wandb.*``."""
+  from hptransfer.grid import flatten
+  a, b = flatten(stored), flatten(current)
+  keys = sorted(set(a) | set(b))
+  return [k for k in keys if k not in ignore and not k.startswith("wandb.")
+          and a.get(k, "<absent>") != b.get(k, "<absent>")]

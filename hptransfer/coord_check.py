@@ -184,7 +184,7 @@ def main(argv):
 
 def run_cli():
   """``python -m hptransfer.coord_check`` / ``hptransfer-coord-check``."""
-  from absl import app, flags
+  from absl import flags
   from hptransfer import cli
   cli.config_flag()
   flags.DEFINE_string("workdir", None, "output directory")
@@ -192,7 +192,7 @@ def run_cli():
   flags.DEFINE_integer("steps", 3, "optimizer steps recorded after init")
   flags.DEFINE_integer("seeds", 2, "seeds averaged per width")
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run_app(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class Dataset:
   train: np.ndarray | None = None   # flat token arrays (may be memmaps)
   val: np.ndarray | None = None
   markov_cdf: np.ndarray | None = None  # synthetic only
+  check_ids: bool = False   # token files: every batch's ids checked against vocab_size
 
   def batch(self, seed: int, step: int, batch_size: int, seq_len: int,
             split: str = "train") -> np.ndarray:
@@ -56,7 +57,12 @@ class Dataset:
                       f"fewer than data.seq_len + 1 = {seq_len + 1}")
     starts = rng.integers(0, n, size=batch_size)
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
-    return np.asarray(data[idx], dtype=np.int32)
+    out = np.asarray(data[idx], dtype=np.int32)
+    if self.check_ids and out.max() >= self.vocab_size:
+      raise DataError(f"step {step} of the {split} split drew token id {int(out.max())}, not "
+                      f"below data.vocab_size={self.vocab_size}: the token file holds ids "
+                      "beyond the vocabulary; set --config.data.vocab_size to the tokenizer's")
+    return out
 
 
 def _markov_batch(cdf, rng, batch_size, length):
@@ -97,7 +103,19 @@ def load_stdlib(val_mod: int = 10) -> Dataset:
       val=np.frombuffer(b"".join(val), np.uint8))
 
 
+_SHA_CACHE: dict = {}
+
+
 def _file_sha256(path: str) -> str:
+  """sha256 of a file, computed once per (path, size, mtime) in a process."""
+  st = os.stat(path)
+  key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+  if key not in _SHA_CACHE:
+    _SHA_CACHE[key] = _sha256_of(path)
+  return _SHA_CACHE[key]
+
+
+def _sha256_of(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 24), b""):
@@ -110,20 +128,47 @@ def load_tokens(dcfg) -> Dataset:
   if dtype is None:
     raise DataError(f"data.token_dtype={dcfg.token_dtype!r} must be 'uint16' or "
                     "'uint32' (the width of the ids in the token file)")
+  if not dcfg.get("vocab_size") or int(dcfg.vocab_size) < 2:
+    raise DataError(f"data.vocab_size={dcfg.get('vocab_size')!r} must be set to the token "
+                    "files' vocabulary (e.g. --config.data.vocab_size=50304)")
+  vocab = int(dcfg.vocab_size)
+  itemsize = np.dtype(dtype).itemsize
   arrays, shas = {}, []
   for field in ("train_path", "val_path"):
     path = os.path.expanduser(dcfg.get(field) or "")
     if not path or not os.path.isfile(path):
       raise DataError(f"data.{field}={path!r}: no such token file; set "
                       f"--config.data.{field}=/path/to/{field.split('_')[0]}.bin")
-    arrays[field] = np.memmap(path, dtype=dtype, mode="r")
+    size = os.path.getsize(path)
+    if size == 0:
+      raise DataError(f"data.{field}={path!r} is empty; point it at a token file")
+    if size % itemsize:
+      raise DataError(f"data.{field}={path!r} has {size} bytes, not a multiple of "
+                      f"{itemsize} (data.token_dtype={dcfg.token_dtype!r}): a truncated "
+                      "file, or the wrong data.token_dtype")
+    arr = np.memmap(path, dtype=dtype, mode="r")
+    # A sample of the ids (every batch is checked too, in Dataset.batch).
+    sample = np.asarray(arr[:: max(1, len(arr) // 100_000)])
+    if sample.max() >= vocab:
+      raise DataError(f"data.{field}={path!r} holds token id {int(sample.max())}, not below "
+                      f"data.vocab_size={vocab}: set --config.data.vocab_size to the "
+                      "tokenizer's vocabulary size")
+    arrays[field] = arr
     shas.append(_file_sha256(path))
-  if not dcfg.get("vocab_size"):
-    raise DataError("data.vocab_size must be set for token files "
-                    "(e.g. --config.data.vocab_size=50304)")
-  return Dataset(name="tokens", vocab_size=int(dcfg.vocab_size),
+  return Dataset(name="tokens", vocab_size=vocab,
                  sha256=hashlib.sha256("".join(shas).encode()).hexdigest(),
-                 train=arrays["train_path"], val=arrays["val_path"])
+                 train=arrays["train_path"], val=arrays["val_path"], check_ids=True)
+
+
+def check_length(ds: "Dataset", seq_len: int) -> None:
+  """Both splits hold more than ``seq_len + 1`` tokens (a batch needs them)."""
+  if ds.markov_cdf is not None:
+    return
+  for split, data in (("train", ds.train), ("val", ds.val)):
+    if len(data) <= seq_len + 1:
+      raise DataError(f"the {split} split of data.name={ds.name!r} has {len(data)} tokens, "
+                      f"too few for data.seq_len={seq_len} (a sequence needs seq_len + 1): "
+                      "use a shorter --config.data.seq_len or more data")
 
 
 def make_synthetic(vocab_size: int, seed: int = 0, concentration: float = 0.3) -> Dataset:

@@ -69,11 +69,11 @@ def main(argv):
 
 
 def run():
-  from absl import app, flags
+  from absl import flags
   from hptransfer import cli
   cli.config_flag()
   flags.DEFINE_enum("format", "table", ["table", "json", "csv"], "output format")
-  app.run(main)
+  cli.run_app(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -162,10 +162,21 @@ def trial_id(cfg) -> str:
 def expand(base_cfg, overrides: Iterable[Mapping[str, Any]]) -> list[Trial]:
   """Resolved, validated trials; fails before any training, naming the key."""
   trials, seen = [], {}
-  overrides = list(overrides)
+  if isinstance(overrides, Mapping):
+    raise SweepError("get_sweep() returned one dict; it must return a list of "
+                     "{dotted key: value} dicts, one per trial: wrap it as [{...}], or build "
+                     "it with sweep/product/zip")
+  try:
+    overrides = list(overrides)
+  except TypeError:
+    raise SweepError(f"get_sweep() returned a {type(overrides).__name__}, not a list of "
+                     "{dotted key: value} dicts; build it with sweep/product/zip") from None
   if not overrides:
     raise SweepError("get_sweep() returned no trials")
-  for ov in overrides:
+  for i, ov in enumerate(overrides):
+    if not isinstance(ov, Mapping) or not all(isinstance(k, str) for k in ov):
+      raise SweepError(f"get_sweep()'s item {i} is {ov!r}, not a {{dotted key: value}} dict "
+                       "with string keys; build the list with sweep/product/zip")
     cfg = base_cfg.copy_and_resolve_references()
     for key, value in ov.items():
       set_key(cfg, key, _py(value))
@@ -255,6 +266,7 @@ def make_groups(trials: list[Trial], max_group_size: int = 0,
   for key in sorted(by_key):
     members = by_key[key]
     built = build_lib.build(members[0].cfg)
+    built.task.sha256          # loads and checks the data before any training
     cap = max(1, (memory_bytes or memory_budget()) // bytes_per_trial(built))
     if max_group_size:
       cap = min(cap, max_group_size)

@@ -39,6 +39,8 @@ host then feeds its share of the batch — see docs/sweeps.md.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -134,9 +136,10 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   mngr = ckpt.manager(os.path.join(gdir, "checkpoints"), keep=1)
   abstract = jax.eval_shape(lambda: step_lib.init_group(builts, cfgs))
   start, curves = 0, {"train": [], "eval": []}
-  restored = ckpt.restore(mngr, abstract, with_json=True)
+  restored, start = ckpt.restore_latest_good(mngr, abstract, with_json=True, log=log,
+                                             what=f"group {group.id}")
   if restored is not None:
-    state, curves, start = restored.state, restored.curves, mngr.latest_step()
+    state, curves = restored.state, restored.curves
   else:
     state = step_lib.init_group(builts, cfgs)
   state_sharding, batch_sharding = _shardings(K, B)
@@ -246,6 +249,26 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   return rows
 
 
+@contextlib.contextmanager
+def group_lock(workdir: str, gid: str):
+  """An exclusive, non-blocking lock on one group: yields False when another
+  process holds it (it is training that group), True otherwise.  So processes
+  sharing a workdir, with or without worker flags, never train one group
+  twice or write into one another's checkpoints."""
+  d = os.path.join(workdir, "groups")
+  os.makedirs(d, exist_ok=True)
+  with open(os.path.join(d, f"{gid}.lock"), "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def optim_build(built, cfg):
   """The optimizer of a trial (its numbers are replaced per trial in a group)."""
   from hptransfer import optim
@@ -327,14 +350,33 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(len(g.trials) for g in mine), initial=n_done, desc="trials",
                dynamic_ncols=True, disable=None)
-  rows = []
+  rows, elsewhere = [], []
   for g in todo_groups:
-    rows += run_group(g, workdir, sweep_name=sweep_name, worker=worker_index,
-                      progress=progress, log=log, trial_loop=trial_loop)
+    with group_lock(workdir, g.id) as mine_now:
+      if not mine_now:             # another process is training this group
+        elsewhere.append(g.id)
+        continue
+      left = [t for t in g.trials if t.id not in results_lib.finished_ids(workdir)]
+      if left:                     # it may have finished while we waited for it
+        g = Group(id=g.id, trials=left) if len(left) < len(g.trials) else g
+        t_group = time.time()
+        new = run_group(g, workdir, sweep_name=sweep_name, worker=worker_index,
+                        progress=progress, log=log, trial_loop=trial_loop)
+        rows += new
+        if progress and not sys.stderr.isatty():   # no progress bar: one line a group
+          losses = [r["final_train_loss"] for r in new if r["final_train_loss"] is not None]
+          log(f"group {g.id} ({len(new)} trials, width {g.cfg.model.width}) done in "
+              f"{time.time() - t_group:.0f} s; best final train loss "
+              f"{min(losses) if losses else float('nan'):.4f}, "
+              f"{sum(r['diverged'] for r in new)} diverged; {len(rows)} trials this run")
     if bar is not None:
       bar.update(len(g.trials))
   if bar is not None:
     bar.close()
+  if elsewhere:
+    log(f"{len(elsewhere)} group(s) were being trained by another process sharing "
+        f"{workdir} and were left to it: {', '.join(elsewhere)}; rerun when it is done "
+        "to see every row")
   _wandb_trials(base_cfg, rows, workdir, sweep_name)
   return rows
 
@@ -381,7 +423,7 @@ def main(argv):
 
 def run_cli():
   """``python -m hptransfer.sweep`` / ``hptransfer-sweep``."""
-  from absl import app, flags
+  from absl import flags
   from hptransfer import cli
   cli.config_flag("configs/sweeps/width_transformer.py")
   flags.DEFINE_string("workdir", None, "sweep directory (results.jsonl, curves/, groups/)")
@@ -397,7 +439,7 @@ def run_cli():
   flags.mark_flags_as_required(["workdir"])
   if "--multihost" in sys.argv or "--multihost=true" in sys.argv:
     jax.distributed.initialize()
-  app.run(main)
+  cli.run_app(main, __doc__)
 
 
 if __name__ == "__main__":

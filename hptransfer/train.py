@@ -13,8 +13,11 @@ Work directory layout::
 
 The step is ``hptransfer.step``'s guarded step, the one sweeps use, so
 "diverged" and ``final_train_loss`` mean here what they mean in a sweep's rows.
-Running the same command again resumes from the last checkpoint; a kill loses
-at most ``train.checkpoint_every`` steps.  Batches are a pure function of
+Running the same command again resumes from the last checkpoint that
+restores (a damaged one is reported and the one before it used); a kill loses
+at most ``train.checkpoint_every`` steps.  A resume with another config (other
+than the run-length keys ``configlib.RESUMABLE_CHANGES``) is refused, naming
+the keys; rerunning a finished run returns its summary and changes nothing.  Batches are a pure function of
 (data.seed, step), so a resumed run computes exactly what an uninterrupted one
 would.
 """
@@ -31,6 +34,7 @@ import numpy as np
 from hptransfer import build as build_lib
 from hptransfer import checkpoint as ckpt
 from hptransfer import cli
+from hptransfer import configlib
 from hptransfer import optim
 from hptransfer import perf
 from hptransfer import provenance
@@ -57,6 +61,40 @@ def load_checkpoint(cfg, workdir: str, step: int | None = None):
     return ckpt.restore(mngr, abstract, step)
   finally:
     mngr.close()
+
+
+def _warn(msg: str) -> None:
+  import sys
+  print(f"warning: {msg}", file=sys.stderr)
+
+
+def _change_run_length(state, start: int, steps: int, workdir: str):
+  """A resumed run whose ``train.steps`` changed: its schedule gets the new
+  length, and its final-loss tail restarts (the new tail is later)."""
+  old = int(optim.get_hparams(state["opt_state"])["steps"])
+  if start > steps:
+    raise configlib.ConfigError(
+        f"{workdir} is at step {start}, beyond train.steps={steps}: a run can be "
+        f"extended, not cut (it was started with train.steps={old})")
+  if start > int(step_lib.tail_start(steps)):
+    raise configlib.ConfigError(
+        f"{workdir} is at step {start}, inside the final-loss tail of train.steps={steps} "
+        f"(from step {int(step_lib.tail_start(steps))}); extend it further or keep "
+        f"train.steps={old}")
+  _warn(f"run {workdir}: train.steps {old} -> {steps}; the schedule follows the new length "
+        "from here on")
+  import jax.numpy as jnp
+  return {**state, "opt_state": optim.with_run_length(state["opt_state"], steps),
+          "tail_sum": jnp.zeros_like(state["tail_sum"]),
+          "tail_n": jnp.zeros_like(state["tail_n"])}
+
+
+def _dotted(d: dict, key: str):
+  for part in key.split("."):
+    if not isinstance(d, dict) or part not in d:
+      return "<absent>"
+    d = d[part]
+  return d
 
 
 class _Log:
@@ -111,22 +149,46 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   t_start = time.time()
   p = build_lib.build(cfg)          # every config and model check, before any work
   task = p.task
-  os.makedirs(workdir, exist_ok=True)
+  task.sha256                       # loads and checks the data, before any work too
   B, steps = cfg.train.batch_size, cfg.train.steps
   mm = perf.matmul_dtype(cfg)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump({"config": json.loads(cfg.to_json_best_effort()),
-               "data_sha256": task.sha256, "num_params": p.num_params(),
-               "versions": provenance.versions(mm)}, f, indent=1)
+  cfg_json = json.loads(cfg.to_json_best_effort())
+  cfg_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  stored = None
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      stored = json.load(f)
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+      diff = configlib.differing_keys(stored["config"], cfg_json)
+      if diff:
+        shown = ", ".join(f"{k}: {_dotted(stored['config'], k)!r} -> {_dotted(cfg_json, k)!r}"
+                          for k in diff[:8])
+        raise configlib.ConfigError(
+            f"{workdir} holds a run of another config ({shown}{', ...' if len(diff) > 8 else ''}); "
+            "resuming would mix the two: use a new --workdir, or set these back (only "
+            f"{', '.join(configlib.RESUMABLE_CHANGES)} may change on resume)")
+  summary_path = os.path.join(workdir, "summary.json")
+  if stored is not None and os.path.exists(summary_path):
+    with open(summary_path) as f:
+      done_summary = json.load(f)
+    if done_summary.get("diverged") or done_summary.get("steps") == steps:
+      return done_summary           # finished: a rerun changes nothing
+  os.makedirs(workdir, exist_ok=True)
 
   consts = p.consts()
   tx = optim.build(cfg.optimizer, p.leaf_trees(), steps)
-  mngr = ckpt.manager(os.path.join(workdir, "checkpoints"))
+  mngr = ckpt.manager(ckpt_dir)
   abstract = jax.eval_shape(lambda: init_state(p, tx, cfg.seed))
-  state = ckpt.restore(mngr, abstract)
-  start = 0 if state is None else int(state["step"])
+  state, start = ckpt.restore_latest_good(mngr, abstract, log=_warn, what=f"run {workdir}")
   if state is None:
     state = init_state(p, tx, cfg.seed)
+  elif int(optim.get_hparams(state["opt_state"])["steps"]) != steps:
+    state = _change_run_length(state, start, steps, workdir)
+  # Written once the restore has succeeded (or there was nothing to restore).
+  with open(cfg_path, "w") as f:
+    json.dump({"config": cfg_json, "data_sha256": task.sha256, "num_params": p.num_params(),
+               "versions": provenance.versions(mm)}, f, indent=1)
   log = _Log(os.path.join(workdir, "metrics.jsonl"), start, _start_wandb(cfg, workdir))
 
   train_step = perf.jit_step(step_lib.guarded_step_of(p, tx, cfg, cfg.train.log_leaf_rms),
@@ -220,8 +282,10 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   for k in sorted(evals[-1] if evals else {}):
     if k.startswith("eval_") and k != "eval_loss":
       summary[f"final_{k}"] = evals[-1][k] if not diverged else None
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
+  tmp = summary_path + ".tmp"
+  with open(tmp, "w") as f:
     json.dump(summary, f, indent=1)
+  os.replace(tmp, summary_path)
   if log.wandb_run is not None:
     log.wandb_run.summary.update({k: v for k, v in summary.items()
                                   if isinstance(v, (int, float, bool))})
@@ -242,11 +306,11 @@ def main(argv):
 
 def run_cli():
   """``python -m hptransfer.train`` / ``hptransfer-train``."""
-  from absl import app, flags
+  from absl import flags
   cli.config_flag()
   flags.DEFINE_string("workdir", None, "output directory (resumes if it exists)")
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run_app(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 from typing import Callable
 
@@ -105,6 +106,12 @@ def vmapped_fields(name: str) -> tuple[str, ...]:
 def validate(ocfg, total_steps: int | None = None) -> None:
   """Domain checks of an ``optimizer`` section, before any work."""
   opt = get(ocfg.name)
+  for field in ("lr", "weight_decay", "eps", "grad_clip", "b1", "b2", "final_lr_ratio",
+                "decay_fraction", "warmup_steps"):
+    v = ocfg.get(field, 0.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      raise OptimizerError(f"optimizer.{field}={v!r} must be a finite number; set "
+                           f"--config.optimizer.{field}=<a number>")
   if not ocfg.lr > 0:
     raise OptimizerError(f"optimizer.lr={ocfg.lr} must be > 0")
   if not ocfg.weight_decay >= 0:
@@ -171,6 +178,15 @@ def get_hparams(opt_state) -> dict | None:
   ``opt_state`` (what ``build`` made), or None."""
   st = find(opt_state, HpState)
   return None if st is None else st.hparams
+
+
+def with_run_length(opt_state, total_steps):
+  """``opt_state`` with the run length its schedule reads set to ``total_steps``
+  (a run resumed with a longer ``train.steps``)."""
+  import jax.numpy as jnp
+  from hptransfer.optim.transforms import replace
+  return replace(opt_state, HpState, lambda st: st._replace(hparams={
+      **st.hparams, "steps": jnp.asarray(total_steps, st.hparams["steps"].dtype)}))
 
 
 def schedule_factor(ocfg, count, total_steps):

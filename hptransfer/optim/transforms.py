@@ -105,3 +105,14 @@ def find(opt_state, cls):
       if hit is not None:
         return hit
   return None
+
+
+def replace(opt_state, cls, fn):
+  """``opt_state`` with every state of type ``cls`` inside it mapped by ``fn``."""
+  if isinstance(opt_state, cls):
+    return fn(opt_state)
+  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
+    return tuple(replace(s, cls, fn) for s in opt_state)
+  if isinstance(opt_state, list):
+    return [replace(s, cls, fn) for s in opt_state]
+  return opt_state

@@ -35,6 +35,7 @@ class LanguageModelling:
     ds = data_lib.get_dataset(self.dcfg)
     if ds.vocab_size != self.vocab_size:
       raise data_lib.DataError("data.vocab_size disagrees with the dataset")
+    data_lib.check_length(ds, self.seq_len)
     return ds
 
   @property
