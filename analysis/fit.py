@@ -3,12 +3,17 @@
     python -m analysis.fit --results runs/width --scale model.width \
         --hp optimizer.lr --metric final_eval_loss \
         [--group parameterization.name] [--target model.width=8192] \
-        [--estimator quadratic] [--seed_col seed] --out runs/width/analysis
+        [--estimator quadratic] [--seed_col seed] [--average data.seed] \
+        --out runs/width/analysis
 
 ``--results`` is a sweep work directory (its ``results.jsonl``), or a JSON-lines,
 CSV or parquet file.  Column names are arguments, never assumptions; a
 ``diverged`` column is used when present (``--diverged_col``), and a missing
-or non-finite metric counts as diverged.
+or non-finite metric counts as diverged.  Rows that share a group, a scale
+and a hyperparameter value are replicates: they may differ only in the seed
+column (``--seed_col``) and in columns named by ``--average``; any other
+column that varies among them (a swept key the command does not mention) is
+an error naming it, since averaging over it silently would mix trials.
 
 Writes to ``--out``: ``optima.csv`` (scale, group, estimator, optimum, CI, edge
 flag), ``rules.json`` (per group: coefficient, exponents with CIs, drift slope,
@@ -71,14 +76,41 @@ def _require(df: pd.DataFrame, cols: list[str], flag_of: dict[str, str]) -> None
         f"columns are: {', '.join(map(str, df.columns))}")
 
 
+# Row columns that describe a trial's outcome or bookkeeping, not its setting.
+OUTCOME_COLUMNS = {"trial_id", "group_id", "group_size", "sweep", "worker", "wall_s", "device",
+                   "versions", "devices", "trial_loop", "sharding", "data_sha256", "nonfinite"}
+
+
+def check_replicates(df, scales, hp, group=None, seed_col="seed", average=()) -> None:
+  """Rows of one (group, scale, hp value) cell may differ only in the seed
+  column and the ``average`` columns; another varying setting is an error."""
+  keys = ([group] if group else []) + list(scales) + [hp]
+  allowed = set(keys) | {seed_col} | set(average)
+  settings = [c for c in df.columns if "." in c and c not in allowed
+              and c not in OUTCOME_COLUMNS]
+  if not settings or df.empty:
+    return
+  cells = df[keys + settings].astype(str).groupby(keys, dropna=False)
+  varying = sorted(c for c in settings if (cells[c].nunique(dropna=False) > 1).any())
+  if varying:
+    raise AnalysisError(
+        f"columns {varying} vary among rows with the same {', '.join(keys)}: those rows are "
+        "different trials, not replicates.  Give each its own curves (--group "
+        f"{varying[0]}, or a --scale), filter the results, or pool them as replicates "
+        f"with --average {varying[0]}")
+
+
 def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
-                 seed_col=None):
+                 seed_col="seed", average=()):
   """{(group, scale tuple): Curve}; censored (diverged / non-finite) = +inf."""
   flag_of = {hp: "--hp", metric: "--metric", **{s: "--scale" for s in scales}}
   cols = list(scales) + [hp, metric] + ([group] if group else [])
   if group:
     flag_of[group] = "--group"
-  _require(df, cols, flag_of)
+  for c in average:
+    flag_of[c] = "--average"
+  _require(df, cols + list(average), flag_of)
+  check_replicates(df, scales, hp, group, seed_col, average)
   df = df.copy()
   loss = pd.to_numeric(df[metric], errors="coerce").astype(float)
   censored = ~np.isfinite(loss)
@@ -161,8 +193,8 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
 
 def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic",
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
-            estimators=opt_lib.ESTIMATORS):
-  curves = build_curves(df, scales, hp, metric, group, diverged_col)
+            estimators=opt_lib.ESTIMATORS, seed_col="seed", average=()):
+  curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average)
   optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
                                level=level, band_tol=band_tol, warn=warn)
   return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level)
@@ -440,19 +472,39 @@ def parse_targets(items, scales):
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--results", required=True)
+  ap = argparse.ArgumentParser(
+      prog="python -m analysis.fit", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  ap.add_argument("--results", required=True,
+                  help="a sweep work directory (its results.jsonl), or a .jsonl, .csv or "
+                       ".parquet table of rows")
   ap.add_argument("--scale", action="append", required=True,
-                  help="scale column (repeat for several variables)")
+                  help="scale column, e.g. model.width (repeat for several variables)")
   ap.add_argument("--hp", required=True, help="hyperparameter column, e.g. optimizer.lr")
-  ap.add_argument("--metric", default="final_eval_loss")
-  ap.add_argument("--group", default=None, help="column whose values get separate rules")
-  ap.add_argument("--target", action="append", help="scale=value to predict at")
-  ap.add_argument("--estimator", default="quadratic", choices=opt_lib.ESTIMATORS)
-  ap.add_argument("--diverged_col", default="diverged")
-  ap.add_argument("--band_tol", type=float, default=0.0025)
-  ap.add_argument("--n_boot", type=int, default=500)
-  ap.add_argument("--out", required=True)
+  ap.add_argument("--metric", default="final_eval_loss",
+                  help="loss column whose minimum over --hp is the optimum")
+  ap.add_argument("--group", default=None,
+                  help="column whose values get separate curves and rules, e.g. "
+                       "parameterization.name")
+  ap.add_argument("--target", action="append",
+                  help="scale=value to predict the optimum at (every --scale column), "
+                       "e.g. model.width=8192")
+  ap.add_argument("--estimator", default="quadratic", choices=opt_lib.ESTIMATORS,
+                  help="the optimum the rules are fitted to")
+  ap.add_argument("--seed_col", default="seed",
+                  help="column of replicate seeds: rows that differ only in it are "
+                       "averaged, and their spread is the noise")
+  ap.add_argument("--average", action="append", default=[],
+                  help="another column to pool as replicates (repeatable), e.g. data.seed")
+  ap.add_argument("--diverged_col", default="diverged",
+                  help="boolean column marking diverged runs (counted as worse than any "
+                       "finite loss)")
+  ap.add_argument("--band_tol", type=float, default=0.0025,
+                  help="relative loss tolerance of the near-optimal band in the figure "
+                       "and of the band estimator")
+  ap.add_argument("--n_boot", type=int, default=500, help="bootstrap replicates")
+  ap.add_argument("--out", required=True,
+                  help="directory for optima.csv, rules.json, report.md and the figures")
   a = ap.parse_args(argv)
   a.command = "python -m analysis.fit " + " ".join(sys.argv[1:] if argv is None else argv)
   try:
@@ -461,17 +513,22 @@ def main(argv=None) -> int:
     warn = lambda m: print(m, file=sys.stderr)
     curves, optima, rules = analyze(df, a.scale, a.hp, a.metric, a.group, targets,
                                     a.estimator, a.diverged_col, a.n_boot,
-                                    band_tol=a.band_tol, warn=warn)
+                                    band_tol=a.band_tol, warn=warn, seed_col=a.seed_col,
+                                    average=tuple(a.average))
     write_outputs(a.out, curves, optima, rules, vars(a), targets)
   except AnalysisError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for e in _jsonable(rules):
-    msg = (f"{group_name(e['group'])}: {a.hp}* = {e['coefficient']:.4g} * {a.scale[0]}^"
-           f"{e['exponent']:.3f}  (95% CI of the exponent {e['exponent_ci']})")
+    ks = e["exponent"] if isinstance(e["exponent"], list) else [e["exponent"]]
+    cis = e["exponent_ci"] if isinstance(e["exponent_ci"][0], list) else [e["exponent_ci"]]
+    terms = " * ".join(f"{sc}^{k:.3f} [{lo:.3f}, {hi:.3f}]"
+                       for sc, k, (lo, hi) in zip(a.scale, ks, cis))
+    msg = f"{group_name(e['group'])}: {a.hp}* = {e['coefficient']:.4g} * {terms}"
     if targets:
-      msg += f"; at {targets}: {e['prediction']:.4g} {e['prediction_ci']}"
-    print(msg)
+      lo, hi = e["prediction_ci"]
+      msg += f"; at {targets}: {e['prediction']:.4g} [{lo:.4g}, {hi:.4g}]"
+    print(msg + "  (exponents with 95% CIs)")
   print(f"wrote {a.out}/: optima.csv rules.json report.md loss_vs_hp.png optimum_vs_scale.png"
         + (" recommended.yaml" if targets else ""))
   return 0

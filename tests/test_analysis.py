@@ -216,3 +216,47 @@ def test_two_scale_variables_and_parquet(tmp_path):
       {"model.width": 4096, "tokens": 1e9})
   assert (tmp_path / "out" / "optimum_vs_scale.png").stat().st_size > 1000
   assert "model.width^-1" in open(tmp_path / "out" / "recommended.yaml").read()
+
+
+def test_the_cli_with_two_scale_variables_prints_rounded_intervals(tmp_path, capsys):
+  rng = np.random.default_rng(1)
+  rows = []
+  for w in (64, 128, 256):
+    for d in (1e6, 4e6):
+      x_star = -1.0 * np.log2(w) - 0.3 * np.log2(d) + 6
+      for x in np.arange(x_star - 3, x_star + 3.01, 0.5):
+        rows.append({"model.width": w, "tokens": d, "optimizer.lr": 2.0 ** x,
+                     "loss": 2.0 + 0.03 * (x - x_star) ** 2 + rng.normal(0, 0.002)})
+  path = tmp_path / "r.csv"
+  pd.DataFrame(rows).to_csv(path, index=False)
+  rc = fit.main(["--results", str(path), "--scale", "model.width", "--scale", "tokens",
+                 "--hp", "optimizer.lr", "--metric", "loss", "--n_boot", "50",
+                 "--target", "model.width=1024", "--target", "tokens=1e8",
+                 "--out", str(tmp_path / "out")])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  line = out.splitlines()[0]
+  import re
+  k_w = float(re.search(r"model\.width\^(-?[0-9.]+)", line).group(1))
+  k_d = float(re.search(r"tokens\^(-?[0-9.]+)", line).group(1))
+  assert k_w == pytest.approx(-1.0, abs=0.05) and k_d == pytest.approx(-0.3, abs=0.05)
+  for number in re.findall(r"-?\d+\.\d+", line):
+    assert len(number.split(".")[1]) <= 4, line     # no raw floats
+
+
+def test_rows_that_differ_in_an_unnamed_setting_are_not_averaged(tmp_path):
+  df = synthetic(seeds=2)
+  df["optimizer.weight_decay"] = np.where(df.seed == 0, 0.0, 0.1)   # a second swept axis
+  with pytest.raises(AnalysisError, match=r"\['optimizer.weight_decay'\] vary among rows .*"
+                                          r"--average optimizer.weight_decay"):
+    fit.build_curves(df, ["model.width"], "optimizer.lr", "final_eval_loss")
+  # Named, it is pooled as a replicate, or grouped.
+  fit.build_curves(df, ["model.width"], "optimizer.lr", "final_eval_loss",
+                   average=("optimizer.weight_decay",))
+  curves = fit.build_curves(df, ["model.width"], "optimizer.lr", "final_eval_loss",
+                            group="optimizer.weight_decay")
+  assert {g for g, _ in curves} == {0.0, 0.1}
+  # A column fixed by the scale (e.g. train.eval_every set from train.steps) is fine.
+  df = synthetic(seeds=2)
+  df["train.eval_every"] = df["model.width"] * 2
+  fit.build_curves(df, ["model.width"], "optimizer.lr", "final_eval_loss")
