@@ -261,12 +261,18 @@ def _leave_largest_out(curves, prim, boots, g, scales, primary, level):
 # Figures and report.
 
 
-def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol):
+def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol, units="nats",
+                    scale_cols=("scale",), title=None):
+  """Loss against log2 hp, one line per scale, one panel per group: the
+  estimated optimum dashed, the near-optimal band shaded, diverged points x."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
+  from matplotlib.patches import Patch
+  from analysis import labels
   groups = sorted({g for g, _ in curves})
-  fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.8), sharey=True,
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), 4.1), sharey=True,
                            squeeze=False)
   cmap = plt.get_cmap("viridis")
   for ax, g in zip(axes[0], groups):
@@ -276,11 +282,9 @@ def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol):
       color = cmap(i / max(len(keys) - 1, 1))
       m = c.mean
       ok = np.isfinite(m)
-      label = ", ".join(f"{v:g}" for v in key[1])
+      label = ", ".join(labels.scale_value(col, v) for col, v in zip(scale_cols, key[1]))
       ax.errorbar(c.x[ok], m[ok], yerr=np.where(np.isfinite(c.se[ok]), c.se[ok], 0),
                   color=color, marker="o", ms=3, lw=1.2, capsize=2, label=label)
-      if (~ok).any():
-        ax.plot(c.x[~ok], np.full((~ok).sum(), np.nan), "x", color=color)
       row = optima[(optima.group == g) & (optima.scale == key[1])
                    & (optima.estimator == primary)]
       if len(row) and np.isfinite(row.optimum.iloc[0]):
@@ -293,22 +297,44 @@ def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol):
     finite = np.concatenate([curves[k].mean[np.isfinite(curves[k].mean)] for k in keys] or [[0]])
     if finite.size:
       lo = finite.min()
-      ax.set_ylim(lo - 0.05 * abs(lo), min(finite.max(), lo + 1.5) + 0.02)
-    ax.set_title(group_name(g))
-    ax.set_xlabel(f"log2 {hp}")
-    ax.legend(fontsize=7, title="scale", title_fontsize=7)
-  axes[0][0].set_ylabel(metric)
+      top = min(finite.max(), lo + 1.5) + 0.02
+      ax.set_ylim(lo - 0.05 * abs(lo), top)
+      for i, key in enumerate(keys):   # diverged points: x at the top edge
+        c = curves[key]
+        bad = ~np.isfinite(c.mean)
+        if bad.any():
+          ax.plot(c.x[bad], np.full(bad.sum(), top - 0.01 * (top - lo)), "x",
+                  color=cmap(i / max(len(keys) - 1, 1)), ms=6)
+    ax.set_title(labels.group(g) if g != "" else "", fontsize=10)
+    ax.set_xlabel(labels.log2_label(hp))
+    handles, names = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="gray", ls="--", lw=0.8),
+                Patch(color="gray", alpha=0.2), Line2D([], [], color="gray", ls="", marker="x")]
+    names += [f"estimated optimum ({primary})", f"within {band_tol:.2%} of the best",
+              "diverged (at the top)"]
+    ax.legend(handles, names, fontsize=7)
+  axes[0][0].set_ylabel(labels.loss_label(metric, units))
+  fig.suptitle(title or f"{labels.name(metric)} against {labels.name(hp)}, per "
+               f"{', '.join(labels.name(c) for c in scale_cols)}"
+               + (" (mean of seeds, error bars: standard error)"
+                  if any(c.n_seeds > 1 for c in curves.values()) else " (one seed)"),
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets):
+def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets, title=None):
+  """Optimum (95% CI) against scale on log-log axes, the fitted rule with its
+  95% band, and the prediction at the target (star)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.2, 4))
+  from matplotlib.lines import Line2D
+  from analysis import labels
+  fig, ax = plt.subplots(figsize=(5.6, 4.3))
   colors = plt.get_cmap("tab10")
+  any_edge = False
   for i, entry in enumerate(rules):
     g = entry["group"]
     rule = entry["_rule"]
@@ -317,10 +343,10 @@ def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets):
     y = prim.optimum.to_numpy()
     err = np.vstack([y - prim.ci_low.to_numpy(), prim.ci_high.to_numpy() - y])
     ax.errorbar(s, y, yerr=np.abs(err), fmt="o", color=colors(i), capsize=3,
-                mfc="none" if prim.edge.any() else None,
-                label=f"{group_name(g)}: k={rule.exponents[0]:.2f} "
+                label=f"{labels.group(g) or 'optimum'}: exponent {rule.exponents[0]:.2f} "
                       f"[{rule.exponents_ci[0][0]:.2f}, {rule.exponents_ci[0][1]:.2f}]")
     for _, r in prim[prim.edge].iterrows():
+      any_edge = True
       ax.plot([r.scale[0]], [r.optimum], "x", color="red", ms=8)
     hi = max(s.max(), (targets or {}).get(scale, s.max()))
     grid = np.geomspace(s.min(), hi, 64)
@@ -335,10 +361,20 @@ def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets):
                   fmt="*", ms=10, color=colors(i), capsize=3)
   ax.set_xscale("log", base=2)
   ax.set_yscale("log", base=2)
-  ax.set_xlabel(scale)
-  ax.set_ylabel(f"optimal {hp}")
-  ax.legend(fontsize=7)
-  ax.set_title("optimum (95% CI), fit and extrapolation", fontsize=9)
+  ax.set_xlabel(f"{labels.name(scale)} (log2 axis)")
+  ax.set_ylabel(f"optimal {labels.name(hp)} (log2 axis)")
+  handles, names = ax.get_legend_handles_labels()
+  handles += [Line2D([], [], color="gray", lw=1), Line2D([], [], color="gray", lw=6, alpha=0.2)]
+  names += ["fitted power law", "its 95% band"]
+  if targets:
+    handles.append(Line2D([], [], color="gray", marker="*", ls="", ms=9))
+    names.append("prediction at the target (95% CI)")
+  if any_edge:
+    handles.append(Line2D([], [], color="red", marker="x", ls=""))
+    names.append("optimum on the grid's edge (left out of the fit)")
+  ax.legend(handles, names, fontsize=7)
+  ax.set_title(title or f"Optimal {labels.name(hp)} against {labels.name(scale)}: "
+               "measured (95% CI) and fitted", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -349,7 +385,8 @@ def plot_parity(optima, rules, path, hp, primary):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(4.6, 4.2))
+  from analysis import labels
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
   for i, entry in enumerate(rules):
     rule = entry["_rule"]
     prim = optima[(optima.group == entry["group"]) & (optima.estimator == primary)
@@ -357,13 +394,14 @@ def plot_parity(optima, rules, path, hp, primary):
     pred = [rule.predict(dict(zip(rule.scales, sc)))[0] for sc in prim.scale]
     y = prim.optimum.to_numpy()
     ax.errorbar(pred, y, yerr=np.abs(np.vstack([y - prim.ci_low, prim.ci_high - y])),
-                fmt="o", capsize=3, label=group_name(entry["group"]))
+                fmt="o", capsize=3, label=labels.group(entry["group"]) or "optima")
   lims = ax.get_xlim()
-  ax.plot(lims, lims, "k--", lw=0.8)
+  ax.plot(lims, lims, "k--", lw=0.8, label="rule = measurement")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log", base=2)
-  ax.set_xlabel(f"rule's {hp}*")
-  ax.set_ylabel(f"measured {hp}* (95% CI)")
+  ax.set_xlabel(f"optimal {labels.name(hp)} the rule predicts (log2 axis)")
+  ax.set_ylabel(f"measured optimal {labels.name(hp)}, 95% CI (log2 axis)")
+  ax.set_title("Fitted rule against the measured optima", fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -401,7 +439,8 @@ def write_outputs(out, curves, optima, rules, args_dict, targets):
       yaml.safe_dump(rec, f, sort_keys=False)
   primary = args_dict["estimator"]
   plot_loss_vs_hp(curves, optima, os.path.join(out, "loss_vs_hp.png"), args_dict["hp"],
-                  args_dict["metric"], primary, args_dict["band_tol"])
+                  args_dict["metric"], primary, args_dict["band_tol"],
+                  units=args_dict.get("units", "nats"), scale_cols=tuple(args_dict["scale"]))
   if len(args_dict["scale"]) == 1:
     plot_optimum_vs_scale(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
                           args_dict["hp"], args_dict["scale"][0], primary, targets)
@@ -503,6 +542,8 @@ def main(argv=None) -> int:
                   help="relative loss tolerance of the near-optimal band in the figure "
                        "and of the band estimator")
   ap.add_argument("--n_boot", type=int, default=500, help="bootstrap replicates")
+  ap.add_argument("--units", default="nats",
+                  help="the metric's units on the figure's axis, e.g. nats/byte")
   ap.add_argument("--out", required=True,
                   help="directory for optima.csv, rules.json, report.md and the figures")
   a = ap.parse_args(argv)

@@ -49,8 +49,11 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   df = common.run_sweep(config(p), product(
       sweep("parameterization.name", ["sp", "mup"]), sweep("model.width", p["widths"]),
       sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
-  res = common.transfer_analysis(df, "model.width", "optimizer.lr", "final_train_loss",
-                                 "parameterization.name", out, NAME)
+  res = common.transfer_analysis(
+      df, "model.width", "optimizer.lr", "final_train_loss", "parameterization.name", out,
+      NAME, units="nats/image",
+      title="MLP-Mixer on 8x8 digits: final train loss against learning rate, per width "
+            "(Adam, one seed)")
   sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
   best_acc = {}
   for g, sub in df[~df.diverged].groupby("parameterization.name"):

@@ -249,7 +249,8 @@ class Timer:
 
 
 def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, out: str,
-                      prefix: str, n_boot: int = 300) -> dict:
+                      prefix: str, n_boot: int = 300, units: str = "nats/byte",
+                      title: str | None = None) -> dict:
   """Optimum of ``hp`` per value of ``scale`` (per ``group``), the drift rule and
   the figures ``<prefix>_loss_vs_hp.png`` / ``<prefix>_optimum.png``.
 
@@ -271,7 +272,8 @@ def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, o
   except AnalysisError as e:
     error = str(e)
   fit.plot_loss_vs_hp(curves, optima, os.path.join(out, f"{prefix}_loss_vs_hp.png"), hp,
-                      metric, "quadratic", 0.0025)
+                      metric, "quadratic", 0.0025, units=units, scale_cols=(scale,),
+                      title=title)
   if rules:
     fit.plot_optimum_vs_scale(optima, rules, os.path.join(out, f"{prefix}_optimum.png"),
                               hp, scale, "quadratic", None)

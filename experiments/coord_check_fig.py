@@ -43,13 +43,16 @@ def config(p, param, opt):
 
 
 def plot_grid(frames, path):
+  """One row per (parameterization, optimizer), one column per step: each
+  layer's mean |activation| against width."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   keys = list(frames)
   ts = sorted(next(iter(frames.values())).t.unique())
-  fig, axes = plt.subplots(len(keys), len(ts), figsize=(2.9 * len(ts), 2.5 * len(keys)),
+  fig, axes = plt.subplots(len(keys), len(ts), figsize=(2.9 * len(ts) + 1.6, 2.5 * len(keys)),
                            sharey="row", squeeze=False)
+  names = {"sp": "SP", "mup": "muP"}
   for i, key in enumerate(keys):
     df = frames[key]
     mean = df[df.layer != "loss"].groupby(["t", "layer", "width"]).mean_abs.mean().reset_index()
@@ -59,10 +62,20 @@ def plot_grid(frames, path):
         ax.plot(g.width, g.mean_abs, marker="o", ms=2.5, lw=1, label=layer)
       ax.set_xscale("log", base=2)
       ax.set_yscale("log")
-      ax.set_title(f"{key} t={t}", fontsize=8)
+      param, _, opt = str(key).partition(" ")
+      when = "at init" if t == 0 else f"after {t} step{'s' if t > 1 else ''}"
+      ax.set_title(f"{names.get(param, param)} {opt}, {when}", fontsize=8)
       ax.tick_params(labelsize=7)
-  axes[0][-1].legend(fontsize=5)
-  fig.tight_layout()
+      if i == len(keys) - 1:
+        ax.set_xlabel("width", fontsize=8)
+      if j == 0:
+        ax.set_ylabel("mean |activation|", fontsize=8)
+  handles, labels_ = axes[0][-1].get_legend_handles_labels()
+  fig.legend(handles, labels_, fontsize=7, loc="center right", title="layer output",
+             title_fontsize=7)
+  fig.suptitle("Coordinate check: flat lines across width mean the parameterization keeps "
+               "every layer's scale (mean over seeds)", fontsize=10)
+  fig.tight_layout(rect=(0, 0, 1 - 1.5 / (2.9 * len(ts) + 1.6), 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)
 

@@ -43,7 +43,10 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
       sweep("parameterization.alpha", [0.0, 0.5, 1.0]), sweep("model.depth", p["depths"]),
       sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
   res = common.transfer_analysis(df, "model.depth", "optimizer.lr", "final_train_loss",
-                                 "parameterization.alpha", out, NAME)
+                                 "parameterization.alpha", out, NAME,
+                                 title="Depth transfer: final train loss against learning "
+                                       "rate per depth, one panel per depth exponent alpha "
+                                       "(muP width, Adam)")
   res.update({"experiment": NAME, "preset": preset, "sweep_wall_s": common.group_seconds(df),
               "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
               "machine": common.machine()})

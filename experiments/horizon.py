@@ -46,7 +46,9 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   df = common.run_sweep(config(p), grid, workdir, progress=progress)
   df["planned_tokens"] = df["train.steps"] * p["batch"] * p["seq"]
   res = common.transfer_analysis(df, "planned_tokens", "optimizer.lr", "final_train_loss",
-                                 None, out, NAME)
+                                 None, out, NAME,
+                                 title="Training horizon: final train loss against learning "
+                                       "rate per token budget (muP, Adam)")
   e = res["groups"]["all"]
   res.update({"experiment": NAME, "preset": preset, "sweep_wall_s": common.group_seconds(df),
               "settings": {k: np.asarray(v).tolist() for k, v in p.items()},

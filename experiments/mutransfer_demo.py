@@ -106,29 +106,43 @@ def plot(proxy, target_curves, res, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-  styles = {"sp": "--", "mup": "-"}
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+  styles = {"sp": ("--", "s"), "mup": ("-", "o")}
+  names = {"sp": "SP", "mup": "muP"}
+  base = res["settings"]["base"]
   for (param, width), g in proxy.groupby(["parameterization.name", "model.width"]):
     g = g.sort_values("optimizer.lr")
-    a.plot(np.log2(g["optimizer.lr"]), g.final_train_loss, styles[param], marker="o", ms=3,
-           label=f"{param} width {width}")
-  a.axvline(np.log2(res["mup_predicted_lr"]), color="k", lw=0.8, label="muP predicted LR")
-  a.axvspan(*np.log2(res["mup_predicted_lr_ci"]), color="k", alpha=0.1)
-  a.axvline(np.log2(res["sp_carried_lr"]), color="r", lw=0.8, ls=":", label="SP carried LR")
+    ls, marker = styles[param]
+    same = " (= SP: base width)" if width == base and param == "mup" else ""
+    a.plot(np.log2(g["optimizer.lr"]), g.final_train_loss, ls, marker=marker,
+           ms=5 if param == "sp" else 3, mfc="none" if param == "sp" else None,
+           label=f"{names[param]}, width {width}{same}")
+  a.axvline(np.log2(res["mup_predicted_lr"]), color="k", lw=0.8,
+            label=f"muP's predicted LR for width {res['target_width']}")
+  a.axvspan(*np.log2(res["mup_predicted_lr_ci"]), color="k", alpha=0.1,
+            label="its 95% interval")
+  a.axvline(np.log2(res["sp_carried_lr"]), color="r", lw=0.8, ls=":",
+            label="SP's LR carried over unchanged")
   finite = proxy.final_train_loss[np.isfinite(proxy.final_train_loss.astype(float))]
   a.set_ylim(finite.min() - 0.05, min(finite.max(), finite.min() + 1.5))
-  a.set_xlabel("log2 LR")
-  a.set_ylabel("train loss (proxies)")
+  a.set_xlabel("log2 learning rate")
+  a.set_ylabel("final train loss of the proxies (nats/byte)")
+  a.set_title("Proxies: tune the LR at small width", fontsize=10)
   a.legend(fontsize=7)
   for param, c in target_curves.items():
     s, l = zip(*c["train"]) if c["train"] else ([], [])
     lr = res["mup_predicted_lr"] if param == "mup" else res["sp_carried_lr"]
-    b.plot(s, l, styles[param], label=f"{param} width {res['target_width']} at LR {lr:.3g}")
+    b.plot(s, l, styles[param][0], label=f"{names[param]}, width {res['target_width']}, "
+                                          f"LR {lr:.3g}")
   if not any(c["train"] for c in target_curves.values()):
     b.text(0.5, 0.5, "target curves not in the workdir", ha="center", transform=b.transAxes)
-  b.set_xlabel("step")
-  b.set_ylabel("train loss")
+  b.set_xlabel("training step")
+  b.set_ylabel("train loss (nats/byte)")
+  b.set_title(f"Target: train width {res['target_width']} once, at the transferred LR",
+              fontsize=10)
   b.legend(fontsize=7)
+  fig.suptitle("muTransfer on the byte corpus: tune on the proxies, carry the LR to the "
+               "wide model", fontsize=11)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

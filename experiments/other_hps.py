@@ -54,7 +54,9 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
                     ("parameterization.init_std", "parameterization.output_mult")):
     sub = df[df[other] == base[other.split(".")[1]]]
     res[hp] = common.transfer_analysis(sub, "model.width", hp, "final_train_loss", None,
-                                       out, f"{NAME}_{hp.split('.')[1]}")
+                                       out, f"{NAME}_{hp.split('.')[1]}",
+                                       title=f"muP: final train loss against the "
+                                             f"{hp.split('.')[1].replace('_', ' ')}, per width")
   common.write_json(out, NAME, res)
   common.write_note(out, NAME, note(res))
   return res

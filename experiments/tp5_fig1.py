@@ -45,7 +45,9 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
         sweep("parameterization.name", ["sp", "mup"]), sweep("model.width", p["widths"]),
       sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
   res = common.transfer_analysis(df, "model.width", "optimizer.lr", "final_train_loss",
-                                 "parameterization.name", out, NAME)
+                                 "parameterization.name", out, NAME,
+                                 title="Tensor Programs V Fig. 1 on the byte corpus: final "
+                                       "train loss against learning rate per width (Adam)")
   sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
   res.update({
       "experiment": NAME, "preset": preset, "settings": {k: np.asarray(v).tolist() for k, v in p.items()},

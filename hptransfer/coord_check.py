@@ -133,12 +133,12 @@ def plot(df: pd.DataFrame, path: str, title: str = "") -> None:
       ax.plot(g.width, g.mean_abs, marker="o", ms=3, label=layer)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_title(f"t={t}")
-    ax.set_xlabel("width")
-  axes[0].set_ylabel("mean |x|")
-  axes[-1].legend(fontsize=6, loc="best")
-  if title:
-    fig.suptitle(title, fontsize=9)
+    ax.set_title("at init" if t == 0 else f"after {t} step{'s' if t > 1 else ''}")
+    ax.set_xlabel("width (log2 axis)")
+  axes[0].set_ylabel("mean |activation| (log axis)")
+  axes[-1].legend(fontsize=6, loc="best", title="layer output", title_fontsize=6)
+  fig.suptitle((title + "\n" if title else "") + "Coordinate check: each layer's mean "
+               "|activation| against width (mean over seeds); flat is right", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
