@@ -97,4 +97,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.wandb.mode = "disabled"           # disabled | offline | online
   c.wandb.project = "hptransfer"
   c.wandb.group = ""
+
+  c.mlflow = ml_collections.ConfigDict()
+  c.mlflow.tracking_uri = ""          # "" off | "workdir" (<workdir>/mlruns) | any URI
+  c.mlflow.experiment = ""            # "" : the sweep's name (runs: "hptransfer")
   return c

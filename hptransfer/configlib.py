@@ -110,6 +110,11 @@ def validate(cfg) -> None:
   if task_name == "lm":
     data_lib.vocab_size(d)
   one_of(cfg.wandb.mode, ("disabled", "offline", "online"), "wandb.mode")
+  if "mlflow" in cfg and cfg.mlflow.get("tracking_uri"):
+    import importlib.util
+    if importlib.util.find_spec("mlflow") is None:
+      raise ConfigError("mlflow.tracking_uri is set but mlflow is not installed: "
+                        "pip install mlflow-skinny, or set --config.mlflow.tracking_uri=''")
 
 
 def _resolve_model(m):
@@ -130,9 +135,9 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every",
 
 def differing_keys(stored: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
   """Dotted keys whose values differ between two config dicts (missing on
-  one side counts), leaving out ``ignore`` and ``wandb.*``."""
+  one side counts), leaving out ``ignore`` and the logging sections (wandb.*, mlflow.*)."""
   from hptransfer.grid import flatten
   a, b = flatten(stored), flatten(current)
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if k not in ignore and not k.startswith("wandb.")
+  return [k for k in keys if k not in ignore and not k.startswith(("wandb.", "mlflow."))
           and a.get(k, "<absent>") != b.get(k, "<absent>")]

@@ -56,6 +56,7 @@ from hptransfer import perf
 from hptransfer import provenance
 from hptransfer import results as results_lib
 from hptransfer import step as step_lib
+from hptransfer import tracking
 from hptransfer.grid import (Group, SweepError, expand, flops_per_token, get_key, group_id,
                              make_groups, program_key, split_for_worker)
 # The grid language, re-exported: sweep files write ``from hptransfer.sweep
@@ -378,6 +379,9 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
         f"{workdir} and were left to it: {', '.join(elsewhere)}; rerun when it is done "
         "to see every row")
   _wandb_trials(base_cfg, rows, workdir, sweep_name)
+  if rows and tracking.mlflow_uri(base_cfg, workdir):
+    tracking.log_trials_mlflow(base_cfg, rows, {r["trial_id"]: results_lib.load_curve(
+        workdir, r["trial_id"]) for r in rows}, workdir, sweep_name)
   return rows
 
 

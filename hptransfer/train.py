@@ -39,6 +39,8 @@ from hptransfer import optim
 from hptransfer import perf
 from hptransfer import provenance
 from hptransfer import step as step_lib
+from hptransfer import tracking
+from hptransfer.grid import flatten as grid_flatten
 
 # Names this module had before ``hptransfer.step`` and ``hptransfer.perf``.
 versions = provenance.versions
@@ -100,7 +102,7 @@ def _dotted(d: dict, key: str):
 class _Log:
   """metrics.jsonl, truncated to the restored step on resume, plus wandb."""
 
-  def __init__(self, path: str, resume_step: int, wandb_run=None):
+  def __init__(self, path: str, resume_step: int, wandb_run=None, mlflow_run=None):
     self.path = path
     rows = []
     if resume_step and os.path.exists(path):
@@ -116,6 +118,7 @@ class _Log:
       f.writelines(json.dumps(r) + "\n" for r in rows)
     self.rows = rows
     self.wandb_run = wandb_run
+    self.mlflow_run = mlflow_run
 
   def write(self, row: dict):
     self.rows.append(row)
@@ -123,6 +126,8 @@ class _Log:
       f.write(json.dumps(row) + "\n")
     if self.wandb_run is not None:
       self.wandb_run.log(row, step=row["step"])
+    if self.mlflow_run is not None:
+      self.mlflow_run.log(row)
 
 
 def _flatten(prefix: str, tree) -> dict[str, float]:
@@ -189,7 +194,8 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   with open(cfg_path, "w") as f:
     json.dump({"config": cfg_json, "data_sha256": task.sha256, "num_params": p.num_params(),
                "versions": provenance.versions(mm)}, f, indent=1)
-  log = _Log(os.path.join(workdir, "metrics.jsonl"), start, _start_wandb(cfg, workdir))
+  log = _Log(os.path.join(workdir, "metrics.jsonl"), start, _start_wandb(cfg, workdir),
+             tracking.RunLogger(cfg, workdir, grid_flatten(cfg_json)))
 
   train_step = perf.jit_step(step_lib.guarded_step_of(p, tx, cfg, cfg.train.log_leaf_rms),
                              mm, donate_argnums=0)
@@ -286,6 +292,8 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   with open(tmp, "w") as f:
     json.dump(summary, f, indent=1)
   os.replace(tmp, summary_path)
+  if log.mlflow_run is not None:
+    log.mlflow_run.finish(summary)
   if log.wandb_run is not None:
     log.wandb_run.summary.update({k: v for k, v in summary.items()
                                   if isinstance(v, (int, float, bool))})
