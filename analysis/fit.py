@@ -3,7 +3,7 @@
     python -m analysis.fit --results runs/width --scale model.width \
         --hp optimizer.lr --metric final_eval_loss \
         [--group parameterization.name] [--target model.width=8192] \
-        [--estimator quadratic] [--seed_col seed] [--average data.seed] \
+        [--estimator asymmetric] [--seed_col seed] [--average data.seed] \
         --out runs/width/analysis
 
 ``--results`` is a sweep work directory (its ``results.jsonl``), or a JSON-lines,
@@ -128,8 +128,15 @@ def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
     g = key[0] if group else ""
     sc = tuple(float(v) for v in (key[1:] if group else key))
     xs = np.sort(sub["_x"].unique())
+    if seed_col and seed_col in sub.columns:
+      sub = sub.sort_values(seed_col, kind="stable")
+      seed_sets = [tuple(sub.loc[sub["_x"] == x, seed_col]) for x in xs]
+      paired = len(set(seed_sets)) == 1 and len(seed_sets[0]) > 1 and \
+          len(set(seed_sets[0])) == len(seed_sets[0])
+    else:
+      paired = False
     losses = [sub.loc[sub["_x"] == x, "_loss"].to_numpy() for x in xs]
-    curves[(g, sc)] = Curve(x=xs, losses=losses)
+    curves[(g, sc)] = Curve(x=xs, losses=losses, paired=paired)
   return curves
 
 
@@ -148,15 +155,20 @@ def _pooled_sd(curves, sum_of_squares) -> dict:
   return {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in pooled.items()}
 
 
-def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
+def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="asymmetric",
                  n_boot=500, level=0.95, band_tol=0.0025, warn=print):
-  """One row per (group, scale, estimator), and the primary's bootstrap draws."""
+  """One row per (group, scale, estimator), and the primary's bootstrap draws
+  (the first estimator's, when the primary is not among them)."""
+  if primary not in estimators:
+    primary = estimators[0]
   rows, boots = [], {}
   a = (1 - level) / 2
   # One seed per point: the loss noise near the optimum, pooled per group.
   noise = _pooled_sd(curves, opt_lib.residual_ss)
-  # Several seeds: their spread, pooled over the group's points.
-  seed_sd = _pooled_sd(curves, opt_lib.seed_ss)
+  # Several seeds: their spread, pooled over the group's points (paired curves:
+  # after each seed's offset along the curve is removed).
+  seed_sd = _pooled_sd(curves, lambda c: opt_lib.paired_seed_ss(c) if c.paired
+                       else opt_lib.seed_ss(c))
   for index, ((g, sc), curve) in enumerate(curves.items()):
     name = ", ".join(f"{v:g}" for v in sc) + (f" ({g})" if g else "")
     if not np.isfinite(curve.mean).any():
@@ -188,10 +200,12 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="quadratic",
                    "n_seeds": curve.n_seeds})
       if est == primary:
         boots[(g, sc)] = b
-  return pd.DataFrame(rows), boots
+  table = pd.DataFrame(rows)
+  table.attrs["primary"] = primary
+  return table, boots
 
 
-def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic",
+def analyze(df, scales, hp, metric, group=None, targets=None, primary="asymmetric",
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
             estimators=opt_lib.ESTIMATORS, seed_col="seed", average=()):
   curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average)
@@ -200,9 +214,12 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary="quadratic
   return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level)
 
 
-def fit_rules(curves, optima, boots, scales, hp, targets=None, primary="quadratic",
+def fit_rules(curves, optima, boots, scales, hp, targets=None, primary="asymmetric",
               level=0.95) -> list[dict]:
-  """One rule per group from an ``optima_table`` (its primary estimator)."""
+  """One rule per group from an ``optima_table`` (its primary estimator; when
+  the table holds one estimator only, that one)."""
+  if primary not in set(optima.estimator):
+    primary = optima.attrs.get("primary", optima.estimator.iloc[0])
   groups = sorted({g for g, _ in curves})
   rules = []
   for g in groups:
@@ -528,7 +545,7 @@ def main(argv=None) -> int:
   ap.add_argument("--target", action="append",
                   help="scale=value to predict the optimum at (every --scale column), "
                        "e.g. model.width=8192")
-  ap.add_argument("--estimator", default="quadratic", choices=opt_lib.ESTIMATORS,
+  ap.add_argument("--estimator", default="asymmetric", choices=opt_lib.ESTIMATORS,
                   help="the optimum the rules are fitted to")
   ap.add_argument("--seed_col", default="seed",
                   help="column of replicate seeds: rows that differ only in it are "

@@ -53,7 +53,8 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   mup = proxy[proxy["parameterization.name"] == "mup"]
   try:
     _, _, rules = fit.analyze(mup, ["model.width"], "optimizer.lr", "final_train_loss",
-                              targets=target, n_boot=300, estimators=("quadratic", "argmin"),
+                              targets=target, n_boot=300, estimators=(common.PRIMARY, "argmin"),
+                              primary=common.PRIMARY,
                               warn=lambda m: print(m, file=sys.stderr))
     rule = {k: rules[0][k] for k in ("coefficient", "exponent", "exponent_ci")}
     mup_lr, mup_ci, fit_error = rules[0]["prediction"], rules[0]["prediction_ci"], None
