@@ -18,6 +18,10 @@ ROWS = {   # committed results.jsonl -> (experiment, preset)
     "docs/experiments/tp5_fig1/gpu/results.jsonl": ("tp5_fig1", "gpu"),
     "docs/experiments/depth_transfer/gpu/results.jsonl": ("depth_transfer", "gpu"),
     "docs/experiments/classification_transfer/results.jsonl": ("classification_transfer", "cpu"),
+    "docs/experiments/tp5_fig1/results.jsonl": ("tp5_fig1", "cpu"),
+    "docs/experiments/depth_transfer/results.jsonl": ("depth_transfer", "cpu"),
+    "docs/experiments/horizon/results.jsonl": ("horizon", "cpu"),
+    "docs/experiments/other_hps/results.jsonl": ("other_hps", "cpu"),
 }
 
 
