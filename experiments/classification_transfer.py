@@ -79,9 +79,7 @@ def note(res) -> str:
   s = common.fmt_slope
   acc = res["held_out_accuracy_at_the_optimum"]
   fmt_acc = lambda g: ", ".join(f"{w}: {a:.1%}" for w, a in acc.get(g, {}).items())
-  ok_sp = (res["sp_optimum_drift_grid_steps"] or 0) <= -2
-  ok_mup = (res["mup_optimum_range_grid_steps"] if res["mup_optimum_range_grid_steps"] is not None
-            else 99) <= 1
+  ok_sp, ok_mup = common.width_verdict(res)
   st = res["settings"]
   return f"""# LR transfer on digits classification (MLP-Mixer) — preset `{res['preset']}`
 

@@ -195,6 +195,14 @@ def fmt_optima(entry: dict, prefix: str = "") -> str:
                    if v["argmin_log2"] is not None)
 
 
+def width_verdict(res: dict) -> tuple[bool, bool]:
+  """(SP's grid optimum drifts by 2 or more grid steps, muP's stays within 1):
+  the two claims of Tensor Programs V's Fig. 1, read off a run's JSON."""
+  sp_drift = res.get("sp_optimum_drift_grid_steps")
+  mup_range = res.get("mup_optimum_range_grid_steps")
+  return (sp_drift or 0) <= -2, (mup_range if mup_range is not None else 99) <= 1
+
+
 def fmt_slope(entry: dict) -> str:
   if "slope" not in entry:
     return "no fit"

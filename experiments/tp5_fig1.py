@@ -75,9 +75,7 @@ def note(res) -> str:
     residual = (f"muP's fitted slope, {mup['slope']:+.2f}, has a 95% interval that excludes 0: "
                 "a small residual drift remains at these widths and this horizon, about "
                 f"{abs(mup['slope']) / max(abs(sp.get('slope', 1.0)), 1e-9):.0%} of SP's.")
-  ok_sp = (res["sp_optimum_drift_grid_steps"] or 0) <= -2
-  ok_mup = (res["mup_optimum_range_grid_steps"] if res["mup_optimum_range_grid_steps"] is not None
-            else 99) <= 1
+  ok_sp, ok_mup = common.width_verdict(res)
   return f"""# Tensor Programs V, Figure 1 — preset `{res['preset']}`
 
 ![loss against log2 LR]({NAME}_loss_vs_hp.png)

@@ -35,6 +35,11 @@ def tiny_config(model: str = "transformer", **overrides):
   cfg.train.eval_batches = 2
   cfg.train.checkpoint_every = 5
   cfg.train.log_every = 5
+  return set_overrides(cfg, overrides)
+
+
+def set_overrides(cfg, overrides: dict):
+  """``cfg`` with dotted keys set (in place); returns it."""
   for key, value in overrides.items():
     node = cfg
     *parents, leaf = key.split(".")

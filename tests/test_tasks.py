@@ -3,7 +3,7 @@ model to its task."""
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import set_overrides, tiny_config
 from hptransfer import build as build_lib
 from hptransfer import configlib
 from hptransfer import data as data_lib
@@ -22,13 +22,7 @@ def _cls_config(**overrides):
   cfg.train.checkpoint_every = 60
   cfg.train.log_every = 20
   cfg.optimizer.lr = 2.0 ** -6
-  for k, v in overrides.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return cfg
+  return set_overrides(cfg, overrides)
 
 
 def test_digits_ship_with_the_install_and_split_deterministically():
