@@ -98,6 +98,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.wandb.project = "hptransfer"
   c.wandb.group = ""
 
+  c.search = ml_collections.ConfigDict()   # a sweep file with get_search_space()
+  c.search.sampler = "tpe"            # random | qmc | tpe | cmaes | gp (Optuna's)
+  c.search.num_trials = 0             # trials in the study (a search sets it > 0)
+  c.search.batch_size = 0             # trials per round (one vmapped group);
+                                      #   0: what the memory estimate allows
+  c.search.metric = "final_eval_loss"  # row column minimised
+  c.search.seed = 0                   # the sampler's seed
+  c.search.storage = ""               # "": SQLite in the workdir | RDB URL | journal:<path>
+  c.search.study_name = ""            # "": the sweep file's name
+  c.search.pruner = "none"            # none | median | successive_halving | hyperband
+  c.search.startup_trials = 0         # random trials before TPE/CMA-ES model (0: theirs)
+
   c.mlflow = ml_collections.ConfigDict()
   c.mlflow.tracking_uri = ""          # "" off | "workdir" (<workdir>/mlruns) | any URI
   c.mlflow.experiment = ""            # "" : the sweep's name (runs: "hptransfer")

@@ -139,5 +139,5 @@ def differing_keys(stored: dict, current: dict, ignore=RESUMABLE_CHANGES) -> lis
   from hptransfer.grid import flatten
   a, b = flatten(stored), flatten(current)
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if k not in ignore and not k.startswith(("wandb.", "mlflow."))
+  return [k for k in keys if k not in ignore and not k.startswith(("wandb.", "mlflow.", "search."))
           and a.get(k, "<absent>") != b.get(k, "<absent>")]

@@ -148,8 +148,8 @@ ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name"
 
 def trial_id(cfg) -> str:
   d = cfg.to_dict()
-  for section in ("wandb", "mlflow"):   # logging does not change the trial
-    d.pop(section, None)
+  for section in ("wandb", "mlflow", "search"):   # logging and search settings
+    d.pop(section, None)                          # do not change the trial
   for key, default in ID_OMITTED_DEFAULTS.items():
     section, _, leaf = key.rpartition(".")
     node = d.get(section)
@@ -222,7 +222,7 @@ def group_key(cfg) -> str:
   """Everything that changes compiled shapes or program structure."""
   flat = flatten(cfg.to_dict())
   kept = {k: v for k, v in flat.items()
-          if not is_vmapped(k, cfg) and not k.startswith(("wandb.", "mlflow."))}
+          if not is_vmapped(k, cfg) and not k.startswith(("wandb.", "mlflow.", "search."))}
   return json.dumps(kept, sort_keys=True, default=str)
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -119,8 +120,17 @@ _COMPILED: dict = {}
 
 
 def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int = 0,
-              progress: bool = True, log=print, trial_loop: str = "auto") -> list[dict]:
-  """Train one group to the end (resuming its checkpoint); returns its rows."""
+              progress: bool = True, log=print, trial_loop: str = "auto",
+              on_eval=None, extra_rows: dict | None = None) -> list[dict]:
+  """Train one group to the end (resuming its checkpoint); returns its rows.
+
+  ``on_eval(step, metrics, alive)`` (a search's pruner) is called at every
+  eval with the per-trial eval metrics and alive flags of the group's own
+  trials; the indices it returns are *pruned*: frozen from that step as a
+  diverged trial is (the others run on bitwise unchanged) and recorded with
+  ``pruned: true`` and ``pruned_step``.  ``extra_rows`` adds fields to the
+  rows, by trial id.
+  """
   t0 = time.time()
   trials = _pad(group.trials)
   K = len(trials)
@@ -185,6 +195,14 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
       for k, v in last_eval.items():
         if k != "loss":
           curves.setdefault(f"eval_{k}", []).append([done, v.tolist()])
+      if on_eval is not None and done < steps:
+        n = len(group.trials)
+        alive_now = np.asarray(jax.device_get(state["alive"]))[:n]
+        stop = [k for k in on_eval(done, {m: np.asarray(v)[:n] for m, v in last_eval.items()},
+                                   alive_now) if alive_now[k]]
+        if stop:
+          curves.setdefault("pruned", {}).update({str(k): done for k in stop})
+          state = {**state, "alive": state["alive"].at[np.asarray(stop)].set(False)}
     if done % cfg.train.checkpoint_every == 0 and done < steps:
       ckpt.save(mngr, done, state, curves)
     if bar is not None:
@@ -204,10 +222,13 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   per_row = task.examples_per_batch_row
   extra_metrics = sorted(k[len("eval_"):] for k in curves if k.startswith("eval_"))
   rows = []
+  pruned = {int(k): int(v) for k, v in curves.get("pruned", {}).items()}
   for k, trial in enumerate(group.trials):   # padding copies are dropped here
-    diverged = not bool(final["alive"][k])
+    pstep = pruned.get(k)
+    diverged = not bool(final["alive"][k]) and pstep is None
     dstep = int(final["diverged_step"][k]) if diverged else None
-    cut = (lambda c: [[s, l] for s, l in c if s < dstep]) if diverged else (lambda c: c)
+    cut_at = dstep if diverged else (pstep + 1 if pstep is not None else None)
+    cut = (lambda c: [[s, l] for s, l in c if s < cut_at]) if cut_at else (lambda c: c)
     train_curve = cut([[s, l[k]] for s, l in curves["train"]])
     eval_curve = cut([[s, l[k]] for s, l in curves["eval"]])
     extra = {m: cut([[s, v[k]] for s, v in curves[f"eval_{m}"]]) for m in extra_metrics}
@@ -228,6 +249,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
         "final_eval_loss": None if diverged or not eval_curve else eval_curve[-1][1],
         "best_eval_loss": min(finite(eval_curve), default=None),
         "diverged": diverged, "diverged_step": dstep,
+        "pruned": pstep is not None, "pruned_step": pstep,
         "steps": trained, "tokens": trained * B * per_row,
         "num_params": builts[k].num_params(),
         "num_params_embedding_free": num_params_embedding_free(builts[k]),
@@ -239,8 +261,11 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
         else "batch" if batch_sharding is not None else "none",
         "data_sha256": task.sha256,
     })
+    if pstep is not None:
+      row["final_eval_loss"] = None          # stopped early: no final numbers
     for m, c in extra.items():
-      row[f"final_eval_{m}"] = None if diverged or not c else c[-1][1]
+      row[f"final_eval_{m}"] = None if diverged or pstep is not None or not c else c[-1][1]
+    row.update((extra_rows or {}).get(trial.id, {}))
     results_lib.write_curve(workdir, trial.id, {"train": train_curve, "eval": eval_curve,
                                                 **{f"eval_{m}": c for m, c in extra.items()},
                                                 "overrides": trial.overrides})
@@ -286,15 +311,20 @@ def num_params_embedding_free(built) -> int:
 
 
 def load_sweep_file(path: str):
-  """The module of a sweep file (``get_config()`` and ``get_sweep()``)."""
+  """The module of a sweep file: ``get_config()`` and either ``get_sweep()``
+  (a grid) or ``get_search_space()`` (a search, ``hptransfer.search``)."""
   spec = importlib.util.spec_from_file_location("_hptransfer_sweep", path)
   module = importlib.util.module_from_spec(spec)
   if os.getcwd() not in sys.path:   # sweep files import configs/ from the repo root
     sys.path.insert(0, os.getcwd())
   spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise SweepError(f"{path} defines no get_sweep(); a sweep file needs "
-                     "get_config() and get_sweep()")
+  grid_, space = hasattr(module, "get_sweep"), hasattr(module, "get_search_space")
+  if grid_ and space:
+    raise SweepError(f"{path} defines both get_sweep() and get_search_space(); a file is a "
+                     "grid or a search: move one of them to a file of its own")
+  if not grid_ and not space:
+    raise SweepError(f"{path} defines neither get_sweep() nor get_search_space(); a sweep "
+                     "file needs get_config() and one of them")
   return module
 
 
@@ -413,12 +443,24 @@ def main(argv):
   cli.setup()
   with cli.user_errors(extra=(SweepError,)):
     module = load_sweep_file(FLAGS["config"].config_filename)
-    run(FLAGS.config, module.get_sweep(), FLAGS.workdir,
-        worker_index=FLAGS.worker_index, num_workers=FLAGS.num_workers,
-        max_group_size=FLAGS.max_group_size, memory_gb=FLAGS.memory_gb,
-        trial_loop=FLAGS.trial_loop,
-        dry_run=FLAGS.dry_run,
-        sweep_name=os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0])
+    name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
+    if hasattr(module, "get_search_space"):
+      from hptransfer import search
+      if FLAGS.num_workers != 1 or FLAGS.dry_run:
+        raise SweepError("a search shares its work through its Optuna storage: start more "
+                         "processes with the same --workdir (or search.storage) instead of "
+                         "--worker_index/--num_workers; --dry_run is for grids")
+      summary = search.run(FLAGS.config, module.get_search_space(), FLAGS.workdir,
+                           sweep_name=name, max_group_size=FLAGS.max_group_size,
+                           memory_gb=FLAGS.memory_gb, trial_loop=FLAGS.trial_loop,
+                           enqueue=module.get_enqueued() if hasattr(module, "get_enqueued")
+                           else ())
+      print(json.dumps(summary, indent=1, default=str))
+    else:
+      run(FLAGS.config, module.get_sweep(), FLAGS.workdir,
+          worker_index=FLAGS.worker_index, num_workers=FLAGS.num_workers,
+          max_group_size=FLAGS.max_group_size, memory_gb=FLAGS.memory_gb,
+          trial_loop=FLAGS.trial_loop, dry_run=FLAGS.dry_run, sweep_name=name)
   if not FLAGS.dry_run:
     df = results_lib.load(FLAGS.workdir)
     print(summary_table(df))
