@@ -209,3 +209,41 @@ def test_a_file_with_a_grid_and_a_search_is_refused(tmp_path):
                        text=True, env={**os.environ, "HPTRANSFER_JAX_CACHE": "off"})
   assert out.returncode == 2 and "both get_sweep() and get_search_space()" in out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_the_search_report_recommends_every_tuned_hyperparameter(tmp_path):
+  from analysis import search as report
+  search.run(_cfg(), SPACE, str(tmp_path), sweep_name="s", progress=False)
+  out = tmp_path / "an"
+  res = report.write(str(tmp_path), str(out), targets={"model.width": 256})
+  rows = results_lib.read_rows(str(tmp_path))
+  best = min(rows, key=lambda r: r["final_eval_loss"])
+  rec = res["recommended"]
+  assert set(rec) == set(SPACE)
+  assert rec["optimizer.lr"]["value"] == best["optimizer.lr"]          # muP: unchanged
+  assert "muTransfer" in rec["optimizer.lr"]["how"]
+  assert set(res["importances"]) == set(SPACE)
+  assert abs(sum(res["importances"].values()) - 1) < 1e-6
+  for f in ("report.md", "top.csv", "importances.json", "recommended.yaml", "slices.png"):
+    assert (out / f).stat().st_size > 50, f
+  assert res["top"].iloc[0]["final_eval_loss"] == best["final_eval_loss"]
+
+
+def test_a_search_across_widths_carries_the_lr_by_its_rule(tmp_path):
+  import pandas as pd
+  from analysis import search as report
+
+  class FakeStudy:
+    trials = [type("T", (), {"params": {"optimizer.lr": 0, "model.width": 0,
+                                        "parameterization.output_mult": 0}})()]
+  rows = []
+  for w, lr in ((32, 2.0 ** -6), (64, 2.0 ** -7), (128, 2.0 ** -8)):
+    for f, loss in ((1.0, 2.0), (0.5, 2.5)):
+      rows.append({"model.width": w, "optimizer.lr": lr * f, "final_eval_loss": loss + 0.01 * w,
+                   "parameterization.output_mult": 2.0, "diverged": False, "pruned": False,
+                   "parameterization.name": "mup"})
+  rec = report.recommend(FakeStudy(), pd.DataFrame(rows), "final_eval_loss",
+                         {"model.width": 512})
+  assert rec["optimizer.lr"]["value"] == pytest.approx(2.0 ** -10)      # width^-1 from the rule
+  assert rec["parameterization.output_mult"]["value"] == 2.0
+  assert "model.width" not in rec
