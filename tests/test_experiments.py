@@ -6,7 +6,7 @@ import os
 import pytest
 
 EXPERIMENTS = ["tp5_fig1", "coord_check_fig", "depth_transfer", "other_hps", "horizon",
-               "mutransfer_demo", "classification_transfer"]
+               "mutransfer_demo", "classification_transfer", "search_transfer"]
 
 
 def _strip(obj):
