@@ -36,15 +36,14 @@ Browse a study with ``optuna-dashboard sqlite:///<workdir>/study.db``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import time
 from typing import Any, Mapping
 
 from hptransfer import grid
+from hptransfer import locks as locks_lib
 from hptransfer.grid import SweepError
 
 SAMPLERS = ("random", "qmc", "tpe", "cmaes", "gp")
@@ -228,44 +227,11 @@ def open_study(scfg, workdir: str, sweep_name: str):
   return study
 
 
-@contextlib.contextmanager
-def _file_lock(path: str, blocking: bool = True):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "a") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-      yield False
-      return
-    try:
-      yield True
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+_file_lock = locks_lib.file_lock
 
 
-class _TrialLocks:
-  """Exclusive locks on trials being trained, held until released."""
-
-  def __init__(self, workdir: str):
-    self.dir = os.path.join(workdir, "groups")
-    self.held: dict[str, Any] = {}
-
-  def try_lock(self, tid: str) -> bool:
-    os.makedirs(self.dir, exist_ok=True)
-    f = open(os.path.join(self.dir, f"trial_{tid}.lock"), "a")
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      f.close()
-      return False
-    self.held[tid] = f
-    return True
-
-  def release(self, tid: str) -> None:
-    f = self.held.pop(tid, None)
-    if f is not None:
-      fcntl.flock(f, fcntl.LOCK_UN)
-      f.close()
+def _trial_locks(workdir: str) -> "locks_lib.HeldLocks":
+  return locks_lib.HeldLocks(os.path.join(workdir, "groups"), "trial_")
 
 
 def _overrides(params: dict) -> dict:
@@ -330,7 +296,7 @@ def run(base_cfg, space, workdir: str, *, sweep_name: str = "", progress: bool =
   dists = check_space(base_cfg, space)
   odists = {k: d.to_optuna() for k, d in dists.items()}
   os.makedirs(workdir, exist_ok=True)
-  locks = _TrialLocks(workdir)
+  locks = _trial_locks(workdir)
   study_lock = os.path.join(workdir, "groups", "study.lock")
   with _file_lock(study_lock):   # processes starting together create the schema once
     study = open_study(scfg, workdir, sweep_name)

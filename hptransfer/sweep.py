@@ -40,7 +40,6 @@ host then feeds its share of the batch — see docs/sweeps.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
@@ -53,6 +52,7 @@ import numpy as np
 
 from hptransfer import build as build_lib
 from hptransfer import checkpoint as ckpt
+from hptransfer import locks
 from hptransfer import perf
 from hptransfer import provenance
 from hptransfer import results as results_lib
@@ -281,18 +281,8 @@ def group_lock(workdir: str, gid: str):
   process holds it (it is training that group), True otherwise.  So processes
   sharing a workdir, with or without worker flags, never train one group
   twice or write into one another's checkpoints."""
-  d = os.path.join(workdir, "groups")
-  os.makedirs(d, exist_ok=True)
-  with open(os.path.join(d, f"{gid}.lock"), "a") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      yield False
-      return
-    try:
-      yield True
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  with locks.file_lock(os.path.join(workdir, "groups", f"{gid}.lock"), blocking=False) as held:
+    yield held
 
 
 def optim_build(built, cfg):
