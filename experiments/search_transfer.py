@@ -70,7 +70,7 @@ def _best(rows) -> dict:
 
 def _cost(rows) -> dict:
   return {"trials": int(len(rows)), "flops": float(rows.flops.sum()),
-          "group_seconds": common.group_seconds(rows)}
+          "group_wall_s": common.group_seconds(rows)}
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
@@ -184,7 +184,7 @@ def note(res) -> str:
     mean = f"{a['target_mean']:.4f}" if a["target_mean"] is not None else "n/a"
     sd = f"{a['target_sd']:.4f}" if a["target_sd"] is not None else "n/a"
     rows.append(f"| {LABELS[arm]} | {mean} ± {sd} | {a['tuning']['trials']} | "
-                f"{a['tuning']['flops']:.3g} | {a['tuning']['group_seconds']:.0f} |")
+                f"{a['tuning']['flops']:.3g} | {a['tuning']['group_wall_s']:.0f} |")
   sets = "\n".join(f"- {LABELS[arm]}: " + ", ".join(
       f"{k.split('.')[-1]} {v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
       for k, v in a["set"].items()) for arm, a in res["arms"].items())

@@ -171,14 +171,14 @@ def _counts(workdir):
 def test_a_killed_search_and_two_workers_count_each_trial_once(tmp_path):
   from optuna.trial import TrialState
   path = tmp_path / "tiny_search.py"
-  path.write_text(SEARCH_FILE.replace("STEPS", "60"))
+  path.write_text(SEARCH_FILE.replace("STEPS", "40"))
   env = {**os.environ, "HPTRANSFER_JAX_CACHE": str(tmp_path / "cache")}
   killed = tmp_path / "killed"
   rng = random.Random(0)
   for _ in range(3):
     proc = subprocess.Popen(_search_cmd(path, killed), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(6.0, 12.0))
+    time.sleep(rng.uniform(5.0, 9.0))
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
     proc.wait()
