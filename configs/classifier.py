@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.activation = "gelu"         # gelu | relu | silu | tanh
   c.model.norm = "layernorm"          # layernorm | rmsnorm
   c.model.z_loss = 0.0
+  c.model.dropout = 0.0               # dropout rate on each branch (0: off)
   c.model.compute_dtype = "float32"
 
   c.parameterization.base_width = 32

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.use_bias = True
   c.model.residual = False            # residual hidden layers (depth rules)
   c.model.z_loss = 0.0
+  c.model.dropout = 0.0               # dropout rate on hidden units (0: off)
   c.model.compute_dtype = "float32"
   c.parameterization.base_width = 64
   c.data.seq_len = 64

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.use_bias = False            # biases in dense layers (and LayerNorm)
   c.model.qk_norm = False             # RMSNorm on queries and keys per head
   c.model.z_loss = 0.0                # coefficient of log(Z)^2 in the loss
+  c.model.dropout = 0.0               # dropout rate (a vmapped value; 0: off)
   c.model.compute_dtype = "float32"   # float32 | bfloat16 (params stay float32)
   c.model.matmul_dtype = ""           # "" (the compute dtype) | bfloat16: dense layers'
                                       # operands in bf16, f32 accumulation, activations

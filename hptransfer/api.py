@@ -25,7 +25,12 @@ module's ``__call__`` declares them as keyword arguments:
   f(x)`` (``(depth/base_depth)^-alpha``; 1 unless ``alpha > 0``).
 
 They are arguments, not constants, so a sweep can vary ``attn_mult`` or
-``alpha`` across the trials of one compiled group.
+``alpha`` across the trials of one compiled group.  A third, ``dropout`` (the
+rate, ``parameterize(..., dropout=0.1)``), goes to a ``__call__`` that declares
+it, for the same reason: dropout is a vmapped value.  It is active only when
+``apply`` gets ``rngs={"dropout": key}``, as the training steps pass it
+(``hptransfer.step``: the key folds the trial's dropout key with the step, so
+a resumed run draws the masks it would have drawn).
 """
 from __future__ import annotations
 
@@ -69,7 +74,17 @@ def _call_kwargs(module) -> set[str]:
     return set()
   if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
     return {"attn_scale", "branch_mult"}
-  return {n for n in ("attn_scale", "branch_mult") if n in sig.parameters}
+  return {n for n in ("attn_scale", "branch_mult", "dropout") if n in sig.parameters}
+
+
+DROPOUT_SALT = 0x64726F70   # "drop": separates the dropout stream from the init's
+
+
+def dropout_rng(consts: dict, step):
+  """The dropout rng of training step ``step`` (both may be traced): the
+  trial's dropout key (``consts["dropout_key"]``, its seed folded with a
+  salt) folded with the step, so a resumed run draws the same masks."""
+  return jax.random.fold_in(jax.random.wrap_key_data(consts["dropout_key"]), step)
 
 
 # Leaf shapes per (factory, arguments, example input, width): tracing a Flax
@@ -92,7 +107,7 @@ class Parameterized:
                depth: int | None, base_depth: int | None, name: str, optimizer_name: str,
                weight_decay_mode: str, knobs: P.Knobs, head_dim: int | None,
                context: dict | None = None, config: dict | None = None,
-               where: str = "make_model"):
+               where: str = "make_model", dropout: float = 0.0, dropout_seed: int = 0):
     self.factory, self.where = factory, where
     self.example_input = example_input
     self.width, self.base_width = width, base_width
@@ -111,6 +126,16 @@ class Parameterized:
           f"{where}: the module's __call__ takes attn_scale, so the parameterization "
           "needs its attention head dimension: pass head_dim= to hptransfer.parameterize "
           "(model.head_dim in a config)")
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
+            and 0.0 <= dropout < 1.0):
+      raise models.ModelError(f"dropout={dropout!r} must be a rate in [0, 1) "
+                              "(0 turns dropout off)")
+    if dropout and "dropout" not in self.call_kwargs:
+      raise models.ModelError(
+          f"{where}: dropout={dropout} was asked for, but the module's __call__ takes no "
+          "`dropout` keyword: declare `dropout=None` in __call__ and apply it with "
+          "hptransfer.models.dropout(self, x, dropout), or set the rate to 0")
+    self.dropout, self.dropout_seed = float(dropout), int(dropout_seed)
     self.attn_scale = (P.attention_scale(name, knobs, head_dim) if head_dim else 1.0)
     self.branch_mult = P.branch_multiplier(knobs, depth or 1)
     target, base = self._shapes(width), self._shapes(base_width)
@@ -132,8 +157,10 @@ class Parameterized:
 
   def _knob_kwargs(self, consts=None) -> dict:
     c = consts if consts is not None else {"attn_scale": self.attn_scale,
-                                           "branch_mult": self.branch_mult}
-    return {k: c[k] for k in ("attn_scale", "branch_mult") if k in self.call_kwargs}
+                                           "branch_mult": self.branch_mult,
+                                           "dropout": self.dropout}
+    return {k: c[k] for k in ("attn_scale", "branch_mult", "dropout")
+            if k in self.call_kwargs}
 
   def _init_variables(self, module, rng):
     rngs = {"params": rng, "dropout": rng}
@@ -195,12 +222,24 @@ class Parameterized:
 
   # -- forward ----------------------------------------------------------------
 
+  @property
+  def dropout_on(self) -> bool:
+    """Whether training draws dropout masks (a rate above 0): it shapes the
+    compiled step, so trials with and without dropout are separate groups."""
+    return self.dropout > 0.0
+
   def consts(self) -> dict:
     """What the forward pass takes besides params: the per-leaf forward
-    multipliers and the two knobs, as arrays (so trials can be vmapped)."""
-    return {"forward_mult": self.leaf_trees()["forward_mult"],
-            "attn_scale": jnp.asarray(self.attn_scale, jnp.float32),
-            "branch_mult": jnp.asarray(self.branch_mult, jnp.float32)}
+    multipliers and the knobs, as arrays (so trials can be vmapped); with
+    dropout, its rate and the trial's dropout key data."""
+    c = {"forward_mult": self.leaf_trees()["forward_mult"],
+         "attn_scale": jnp.asarray(self.attn_scale, jnp.float32),
+         "branch_mult": jnp.asarray(self.branch_mult, jnp.float32)}
+    if "dropout" in self.call_kwargs:
+      c["dropout"] = jnp.asarray(self.dropout, jnp.float32)
+      c["dropout_key"] = jax.random.key_data(
+          jax.random.fold_in(jax.random.key(self.dropout_seed), DROPOUT_SALT))
+    return c
 
   def apply(self, params, *args, consts: dict | None = None, capture: bool = False,
             **kwargs):
@@ -298,7 +337,8 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
                  parameterization: str = "mup", optimizer: str = "adamw",
                  depth: int | None = None, base_depth: int | None = None,
                  alpha: float = 0.0, head_dim: int | None = None,
-                 weight_decay_mode: str = "coupled", role_rules=(), **knobs) -> Parameterized:
+                 weight_decay_mode: str = "coupled", role_rules=(), dropout: float = 0.0,
+                 **knobs) -> Parameterized:
   """``make_model`` under ``parameterization`` at ``width``, relative to ``base_width``.
 
   Args:
@@ -320,6 +360,8 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
     weight_decay_mode: ``coupled`` (AdamW) or ``independent``.
     role_rules: ``[(regex, role), ...]`` for leaves whose role the shapes do
       not tell (``input``, ``hidden``, ``output``, ``vector``, ``scalar``).
+    dropout: the rate passed to a ``__call__`` that declares ``dropout``
+      (active when ``apply`` gets ``rngs={"dropout": key}``).
     **knobs: ``init_std``, ``output_mult``, ``embed_mult``, ``attn_mult``,
       ``base_head_dim``, ``zero_init_readout``, ``zero_init_query``,
       ``query_regex``, ``block_regex`` (``parameterization.Knobs``).
@@ -327,7 +369,8 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
   return _parameterize(make_model, example_input, width=width, base_width=base_width,
                        parameterization=parameterization, optimizer=optimizer, depth=depth,
                        base_depth=base_depth, alpha=alpha, head_dim=head_dim,
-                       weight_decay_mode=weight_decay_mode, role_rules=role_rules, **knobs)
+                       weight_decay_mode=weight_decay_mode, role_rules=role_rules,
+                       dropout=dropout, **knobs)
 
 
 def _positive_int(v, field):
@@ -337,7 +380,8 @@ def _positive_int(v, field):
 
 def _parameterize(make_model, example_input, *, width, base_width, parameterization,
                   optimizer, depth, base_depth, alpha, head_dim, weight_decay_mode,
-                  role_rules, context=None, config=None, where=None, **knobs):
+                  role_rules, context=None, config=None, where=None, dropout=0.0,
+                  dropout_seed=0, **knobs):
   where = where or f"make_model={getattr(make_model, '__name__', make_model)}"
   unknown = sorted(set(knobs) - set(KNOBS))
   if unknown:
@@ -376,5 +420,6 @@ def _parameterize(make_model, example_input, *, width, base_width, parameterizat
                        width=width, base_width=base_width, depth=depth,
                        base_depth=base_depth or depth, name=parameterization,
                        optimizer_name=optimizer, weight_decay_mode=weight_decay_mode,
-                       knobs=k, head_dim=head_dim, context=context, config=config, where=where)
+                       knobs=k, head_dim=head_dim, context=context, config=config, where=where,
+                       dropout=dropout, dropout_seed=dropout_seed)
 

@@ -78,6 +78,11 @@ def validate(cfg) -> None:
   for field in ("output_mult", "embed_mult", "attn_mult"):
     if field in p and not p[field] > 0:
       raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
+  if "dropout" in m:
+    rate = m.dropout
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+      raise ConfigError(f"model.dropout={rate!r} must be a rate in [0, 1) (0 turns dropout "
+                        "off); set e.g. --config.model.dropout=0.1")
   if m.get("z_loss", 0.0):
     finite(m.z_loss, "model.z_loss")
     if m.z_loss < 0:

@@ -15,8 +15,10 @@ Trials that share everything that shapes the compiled program form a group
 (``make_groups``) and train as one ``jit(vmap(step))``: what differs between
 them — ``seed``, the optimizer's numbers (``optimizer.lr``,
 ``optimizer.weight_decay``, the schedule's warmup and ratios, and the
-optimizer's own, e.g. Adam's betas and epsilon: ``optim.vmapped_fields``) and
-anything under ``parameterization.`` — rides on the stacked leading axis.
+optimizer's own, e.g. Adam's betas and epsilon: ``optim.vmapped_fields``),
+``model.dropout`` (a rate above 0 draws masks, which shapes the program: rate 0
+is a group of its own) and anything under ``parameterization.`` — rides on the
+stacked leading axis.
 """
 from __future__ import annotations
 
@@ -143,7 +145,8 @@ class Group:
 # while they hold their default (and drops a section they leave empty), so
 # ids, and with them resuming a workdir and matching the committed rows, stay
 # what they were (tests/test_trial_ids.py).
-ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name": "lm"}
+ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name": "lm",
+                       "model.dropout": 0.0}
 
 
 def trial_id(cfg) -> str:
@@ -207,7 +210,7 @@ def is_vmapped(key: str, cfg=None) -> bool:
   program).  ``optimizer.*`` fields depend on the optimizer: its numbers
   (``optim.vmapped_fields``) are vmapped, its static settings are not."""
   from hptransfer import optim
-  if key == "seed" or key.startswith("parameterization."):
+  if key in ("seed", "model.dropout") or key.startswith("parameterization."):
     return True
   if key.startswith("optimizer."):
     field = key.split(".", 1)[1]
@@ -223,6 +226,9 @@ def group_key(cfg) -> str:
   flat = flatten(cfg.to_dict())
   kept = {k: v for k, v in flat.items()
           if not is_vmapped(k, cfg) and not k.startswith(("wandb.", "mlflow.", "search."))}
+  if cfg.model.get("dropout", 0.0) > 0:
+    # The rate is vmapped, but drawing masks at all shapes the program.
+    kept["model.dropout_on"] = True
   return json.dumps(kept, sort_keys=True, default=str)
 
 

@@ -63,10 +63,12 @@ def final_train_loss(tail_sum, tail_n, alive) -> float | None:
 # Steps.
 
 
-def loss_fn(p, params, consts, batch, z_loss: float = 0.0):
-  """The task's mean loss (plus z-loss on the logits); returns (loss, metrics)."""
+def loss_fn(p, params, consts, batch, z_loss: float = 0.0, rngs=None):
+  """The task's mean loss (plus z-loss on the logits); returns (loss, metrics).
+  ``rngs`` (``{"dropout": key}``) turns dropout on."""
   task = p.task
-  logits = p.apply(params, task.inputs(batch), consts=consts)
+  kw = {"rngs": rngs} if rngs else {}
+  logits = p.apply(params, task.inputs(batch), consts=consts, **kw)
   ce, metrics = task.loss(logits, batch)
   loss = ce
   if z_loss:
@@ -90,12 +92,18 @@ def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True):
 
   ``consts`` (``p.consts()``) holds the forward multipliers and model knobs.
   Metrics: ``loss``, ``ce``, ``grad_norm`` and, with ``leaf_rms``, the per-leaf
-  rms of params, grads and updates.
+  rms of params, grads and updates.  With dropout (``p.dropout_on``) the
+  masks of step t come from ``api.dropout_rng(consts, t)``: a pure function of
+  the trial's seed and the step, so a resumed run repeats them.
   """
-  grad_fn = jax.value_and_grad(lambda prm, c, b: loss_fn(p, prm, c, b, z_loss), has_aux=True)
+  from hptransfer import api
+  grad_fn = jax.value_and_grad(lambda prm, c, b, r: loss_fn(p, prm, c, b, z_loss, r),
+                               has_aux=True)
+  dropout_on = bool(getattr(p, "dropout_on", False))
 
   def step(state, consts, batch):
-    (loss, aux), grads = grad_fn(state["params"], consts, batch)
+    rngs = {"dropout": api.dropout_rng(consts, state["step"])} if dropout_on else None
+    (loss, aux), grads = grad_fn(state["params"], consts, batch, rngs)
     metrics = {"loss": loss, "ce": aux["ce"], "grad_norm": global_norm(grads)}
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

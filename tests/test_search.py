@@ -51,14 +51,22 @@ def test_a_search_gives_num_trials_rows_and_a_rerun_adds_nothing(tmp_path):
 
 
 def test_shape_keys_group_as_a_sweeps_do(tmp_path):
+  """A width and the optimizer itself (a categorical) shape the program; the
+  LR rides on the trial axis."""
   space = {"optimizer.lr": search.loguniform(1e-3, 1e-1),
-           "model.width": search.choice([32, 64])}
+           "model.width": search.choice([32, 64]),
+           "optimizer.name": search.choice(["adamw", "lion"])}
   search.run(_cfg(**{"search.num_trials": 8, "search.batch_size": 8,
                      "search.sampler": "random"}), space, str(tmp_path), progress=False)
   rows = results_lib.read_rows(str(tmp_path))
   assert len(rows) == 8
+  assert {r["optimizer.name"] for r in rows} == {"adamw", "lion"}
   for g in {r["group_id"] for r in rows}:
-    assert len({r["model.width"] for r in rows if r["group_id"] == g}) == 1
+    mates = [r for r in rows if r["group_id"] == g]
+    assert len({(r["model.width"], r["optimizer.name"]) for r in mates}) == 1
+    assert mates[0]["group_size"] == len(mates)
+  assert len({r["group_id"] for r in rows}) == len(
+      {(r["model.width"], r["optimizer.name"]) for r in rows})
 
 
 def test_a_pruned_trial_leaves_its_group_bitwise_unchanged(tmp_path, monkeypatch):

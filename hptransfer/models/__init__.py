@@ -20,6 +20,12 @@ queries before the q.k product: use it instead of ``1/sqrt(head_dim)``) and
 f(x)``).  Models know nothing of muP beyond these two knobs; forward
 multipliers of single leaves are applied to the params they are given.
 
+A third call-time keyword, ``dropout`` (the rate, ``model.dropout``), is how a
+model takes dropout: a traced value, so the trials of one vmapped group can
+each have their own rate.  Apply it with ``models.dropout(self, x, rate)``
+(flax's ``nn.Dropout`` needs a Python float); it draws from the ``dropout``
+rng, which the training step passes and evaluation does not.
+
 Adding a built-in model is one module in this package that calls
 ``register`` (it is imported with the package).
 """
@@ -35,8 +41,9 @@ import jax
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Config keys of the model section that are never factory arguments.
-RESERVED = ("name", "module")
+# Config keys of the model section that are never factory arguments
+# (``dropout`` is a call-time knob: see the module docstring).
+RESERVED = ("name", "module", "dropout")
 
 
 class ModelError(ValueError):
@@ -173,6 +180,23 @@ def call(factory, where: str, width: int, depth: int | None = None,
     raise ModelError(f"{where}: the factory returned a {type(module).__name__}, not a "
                      "flax.linen.Module")
   return module
+
+
+def dropout(module, x, rate):
+  """Inverted dropout of ``x`` at ``rate``, which may be traced (vmapped
+  across a group's trials), inside a compact ``module``.
+
+  Active only while the module has a ``dropout`` rng (the training step's
+  ``rngs={"dropout": key}``); evaluation, init shapes and a call without it
+  return ``x`` unchanged.  At rate 0 the mask keeps everything and ``x``
+  comes back bit for bit.  Flax's ``nn.Dropout`` compares its rate with 0 in
+  Python, so it cannot take a traced one.
+  """
+  if rate is None or not module.has_rng("dropout"):
+    return x
+  keep = 1.0 - jnp.asarray(rate, jnp.float32)
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+  return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
 
 
 def resolve_attention(attention: str) -> str:

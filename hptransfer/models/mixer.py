@@ -7,6 +7,7 @@ two-layer MLP across the N patches, fixed size: scalar-role leaves) and then
 channels (a two-layer MLP of hidden ``mlp_ratio * width``: the hidden
 matrices), both as residual branches ``x + branch_mult * f(norm(x))``.  A
 final norm, the mean over patches and the readout give the class logits.
+``dropout`` (a call-time rate) drops units of each branch's output.
 
 Shape suffixes: B batch, N patches, D width, F channel-MLP width, S
 token-MLP width, C classes.
@@ -30,19 +31,20 @@ class MixerBlock(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxNxD, branch_mult):
+  def __call__(self, x_BxNxD, branch_mult, dropout=None):
+    from hptransfer import models
     act = ACTIVATIONS[self.activation]
     h_BxDxN = make_norm(self.norm, True, self.dtype, "norm1")(x_BxNxD).swapaxes(1, 2)
     h_BxDxS = act(nn.Dense(self.tokens_hidden, dtype=self.dtype, name="token_in")(h_BxDxN))
     t_BxNxD = nn.Dense(x_BxNxD.shape[1], dtype=self.dtype,
                        name="token_out")(h_BxDxS).swapaxes(1, 2)
     self.sow("intermediates", "token_mix_out", t_BxNxD)
-    x_BxNxD = x_BxNxD + branch_mult * t_BxNxD
+    x_BxNxD = x_BxNxD + branch_mult * models.dropout(self, t_BxNxD, dropout)
     h_BxNxD = make_norm(self.norm, True, self.dtype, "norm2")(x_BxNxD)
     h_BxNxF = act(nn.Dense(self.mlp_hidden, dtype=self.dtype, name="channel_in")(h_BxNxD))
     c_BxNxD = nn.Dense(self.width, dtype=self.dtype, name="channel_out")(h_BxNxF)
     self.sow("intermediates", "channel_mix_out", c_BxNxD)
-    return x_BxNxD + branch_mult * c_BxNxD
+    return x_BxNxD + branch_mult * models.dropout(self, c_BxNxD, dropout)
 
 
 class Mixer(nn.Module):
@@ -57,7 +59,7 @@ class Mixer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images_BxHxWxC, branch_mult=1.0):
+  def __call__(self, images_BxHxWxC, branch_mult=1.0, dropout=None):
     B, H, W, C = images_BxHxWxC.shape
     p = self.patch
     patches_BxNxP = images_BxHxWxC.reshape(B, H // p, p, W // p, p, C).transpose(
@@ -70,7 +72,7 @@ class Mixer(nn.Module):
     for i in range(self.depth):
       x_BxNxD = MixerBlock(self.width, self.tokens_hidden, int(self.mlp_ratio * self.width),
                            self.activation, self.norm, self.dtype,
-                           name=f"block_{i}")(x_BxNxD, branch_mult)
+                           name=f"block_{i}")(x_BxNxD, branch_mult, dropout)
     x_BxNxD = make_norm(self.norm, True, self.dtype, "final_norm")(x_BxNxD)
     logits_BxC = nn.Dense(self.num_classes, dtype=self.dtype,
                           name="readout")(x_BxNxD.mean(axis=1)).astype(jnp.float32)

@@ -4,6 +4,7 @@ Position t sees the embeddings of tokens t, t-1, ..., t-context+1 (zeros before
 the start), concatenated, and predicts token t+1.  ``depth`` hidden layers of
 ``width`` units follow the input layer; with ``residual=True`` each hidden layer
 is a residual branch ``x + branch_mult * act(dense(x))``, so depth rules apply.
+``dropout`` (a call-time rate) drops units of every hidden layer's output.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class MLP(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens_BxT, branch_mult=1.0):
+  def __call__(self, tokens_BxT, branch_mult=1.0, dropout=None):
+    from hptransfer import models
     act = ACTIVATIONS[self.activation]
     e_BxTxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype,
                        name="tok_embed")(tokens_BxT)
@@ -37,12 +39,14 @@ class MLP(nn.Module):
     self.sow("intermediates", "embed", x_BxTxCD)
     x_BxTxD = act(nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
                            name="fc_in")(x_BxTxCD))
+    x_BxTxD = models.dropout(self, x_BxTxD, dropout)
     for i in range(self.depth):
       # Residual layers are named block_i, which the depth rules look for.
       name = f"block_{i}" if self.residual else f"hidden_{i}"
       h_BxTxD = act(nn.Dense(self.width, use_bias=self.use_bias, dtype=self.dtype,
                              name=name)(x_BxTxD))
       self.sow("intermediates", f"{name}_out", h_BxTxD)
+      h_BxTxD = models.dropout(self, h_BxTxD, dropout)
       x_BxTxD = x_BxTxD + branch_mult * h_BxTxD if self.residual else h_BxTxD
     logits_BxTxV = nn.Dense(self.vocab_size, use_bias=self.use_bias,
                             dtype=self.dtype, name="readout")(x_BxTxD)

@@ -2,7 +2,9 @@
 
 The model knows nothing of muP beyond two call-time knobs: ``attn_scale`` (what
 multiplies the query before the q.k product) and ``branch_mult`` (what multiplies
-every residual branch).  Forward multipliers of individual leaves are applied by
+every residual branch).  A third, ``dropout``, is the dropout rate (GPT-2's
+places: the embedding sum and each residual branch's output; attention
+probabilities are not dropped, since XLA's fused attention has no dropout).  Forward multipliers of individual leaves are applied by
 the caller to the params tree it passes in (see ``parameterization``).
 
 Shape suffixes: B batch, T sequence, M = B*T tokens, D width, N heads, H head
@@ -139,18 +141,19 @@ class Block(nn.Module):
   matmul_dtype: Any = None
 
   @nn.compact
-  def __call__(self, x_MxD, T: int, attn_scale, branch_mult):
+  def __call__(self, x_MxD, T: int, attn_scale, branch_mult, dropout=None):
+    from hptransfer import models
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm1")(x_MxD)
     a_MxD = Attention(self.width, self.head_dim, self.use_bias, self.qk_norm,
                       self.dtype, self.attention, self.attention_block,
                       self.matmul_dtype, name="attn")(h, T, attn_scale)
     self.sow("intermediates", "attn_out", a_MxD)
-    x_MxD = x_MxD + branch_mult * a_MxD
+    x_MxD = x_MxD + branch_mult * models.dropout(self, a_MxD, dropout)
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm2")(x_MxD)
     m_MxD = MlpBlock(self.width, self.mlp_hidden, self.activation,
                      self.use_bias, self.dtype, self.matmul_dtype, name="mlp")(h)
     self.sow("intermediates", "mlp_out", m_MxD)
-    return x_MxD + branch_mult * m_MxD
+    return x_MxD + branch_mult * models.dropout(self, m_MxD, dropout)
 
 
 class Transformer(nn.Module):
@@ -170,7 +173,8 @@ class Transformer(nn.Module):
   matmul_dtype: Any = None   # dense layers' operand dtype (f32 accumulation); None: dtype
 
   @nn.compact
-  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0):
+  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0, dropout=None):
+    from hptransfer import models
     if attn_scale is None:
       attn_scale = self.head_dim ** -0.5
     B, T = tokens_BxT.shape
@@ -179,13 +183,13 @@ class Transformer(nn.Module):
     x_BxTxD = x_BxTxD + nn.Embed(self.seq_len, self.width, dtype=self.dtype,
                                  name="pos_embed")(jnp.arange(T))[None]
     self.sow("intermediates", "embed", x_BxTxD)
-    x_MxD = x_BxTxD.reshape(B * T, self.width)
+    x_MxD = models.dropout(self, x_BxTxD.reshape(B * T, self.width), dropout)
     for i in range(self.depth):
       x_MxD = Block(self.width, self.head_dim, int(self.mlp_ratio * self.width),
                     self.norm, self.activation, self.use_bias, self.qk_norm,
                     self.dtype, self.attention, self.attention_block, self.matmul_dtype,
                     name=f"block_{i}")(
-                        x_MxD, T, attn_scale, branch_mult)
+                        x_MxD, T, attn_scale, branch_mult, dropout)
     x_MxD = make_norm(self.norm, self.use_bias, self.dtype, "final_norm")(x_MxD)
     logits_MxV = dense(self.vocab_size, self.use_bias, self.dtype, self.matmul_dtype,
                        "readout")(x_MxD)
