@@ -69,7 +69,7 @@ def synthetic_group(rng, seeds: int, noise: float, seed_offset: float, n_curves:
 
 
 def run(reps: int = 200, seeds_list=(1, 2), noise: float = 0.006, seed_offset: float = 0.02,
-        estimators=("asymmetric", "quadratic", "spline"), n_boot: int = 300,
+        estimators=("spline", "asymmetric", "quadratic"), n_boot: int = 300,
         seed: int = 0, params=None) -> dict:
   rng = np.random.default_rng(seed)
   out = {}
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                                ("symmetric", HELD_OUT["symmetric"], a.noise),
                                ("steeper wall", HELD_OUT["steeper_wall"], a.noise)):
     held[label] = run(max(a.reps // 2, 10), noise=noise, seed_offset=a.seed_offset,
-                      n_boot=a.n_boot, estimators=("asymmetric", "quadratic"), seed=1,
+                      n_boot=a.n_boot, estimators=("spline", "asymmetric", "quadratic"), seed=1,
                       params=params)
   from analysis import optimum as opt_lib
   payload = {"settings": vars(a), "grid_log2": GRID.tolist(), "shape": SHAPE,

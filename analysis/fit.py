@@ -3,7 +3,7 @@
     python -m analysis.fit --results runs/width --scale model.width \
         --hp optimizer.lr --metric final_eval_loss \
         [--group parameterization.name] [--target model.width=8192] \
-        [--estimator asymmetric] [--seed_col seed] [--average data.seed] \
+        [--estimator spline] [--seed_col seed] [--average data.seed] \
         --out runs/width/analysis
 
 ``--results`` is a sweep work directory (its ``results.jsonl``), or a JSON-lines,
@@ -155,7 +155,7 @@ def _pooled_sd(curves, sum_of_squares) -> dict:
   return {g: float(np.sqrt(ss / dof)) if dof else None for g, (ss, dof) in pooled.items()}
 
 
-def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="asymmetric",
+def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary=opt_lib.DEFAULT_ESTIMATOR,
                  n_boot=500, level=0.95, band_tol=0.0025, warn=print):
   """One row per (group, scale, estimator), and the primary's bootstrap draws
   (the first estimator's, when the primary is not among them)."""
@@ -205,7 +205,7 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary="asymmetric",
   return table, boots
 
 
-def analyze(df, scales, hp, metric, group=None, targets=None, primary="asymmetric",
+def analyze(df, scales, hp, metric, group=None, targets=None, primary=opt_lib.DEFAULT_ESTIMATOR,
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
             estimators=opt_lib.ESTIMATORS, seed_col="seed", average=()):
   curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average)
@@ -214,7 +214,7 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary="asymmetri
   return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level)
 
 
-def fit_rules(curves, optima, boots, scales, hp, targets=None, primary="asymmetric",
+def fit_rules(curves, optima, boots, scales, hp, targets=None, primary=opt_lib.DEFAULT_ESTIMATOR,
               level=0.95) -> list[dict]:
   """One rule per group from an ``optima_table`` (its primary estimator; when
   the table holds one estimator only, that one)."""
@@ -545,7 +545,7 @@ def main(argv=None) -> int:
   ap.add_argument("--target", action="append",
                   help="scale=value to predict the optimum at (every --scale column), "
                        "e.g. model.width=8192")
-  ap.add_argument("--estimator", default="asymmetric", choices=opt_lib.ESTIMATORS,
+  ap.add_argument("--estimator", default=opt_lib.DEFAULT_ESTIMATOR, choices=opt_lib.ESTIMATORS,
                   help="the optimum the rules are fitted to")
   ap.add_argument("--seed_col", default="seed",
                   help="column of replicate seeds: rows that differ only in it are "

@@ -25,10 +25,10 @@ from hptransfer import results as results_lib  # noqa: E402
 from hptransfer import sweep as sweep_lib  # noqa: E402
 
 
-# The optimum the figures' fits use: the two-sided parabola.  The symmetric
-# one's intervals covered the truth in 14-19% of synthetic curves shaped like
-# ours (docs/analysis.md).
-PRIMARY = "asymmetric"
+# The optimum the figures' fits use: the analysis default (the spline's
+# minimum), whose intervals are calibrated on curves shaped like ours
+# (docs/analysis.md).
+from analysis.optimum import DEFAULT_ESTIMATOR as PRIMARY  # noqa: E402
 ANALYZE_ONLY = False   # --analyze_only: fit and plot the rows a workdir holds
 MATMUL_DTYPE = ""      # --matmul_dtype bf16: model.matmul_dtype="bfloat16" in every trial
 _ROWS: dict = {}       # what this run's sweeps' rows say: device, versions, completeness

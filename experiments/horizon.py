@@ -79,7 +79,7 @@ def note(res) -> str:
   else:
     verdict = "The interval excludes 0: the optimum falls with the horizon, as reported."
   # Where the grid's own argmin does not fall from the shortest to the longest
-  # horizon, the exponent rests on sub-grid (two-sided parabola) optima alone: say so.
+  # horizon, the exponent rests on sub-grid optima alone: say so.
   argmins = [v["argmin_log2"] for _, v in sorted(e["per_scale"].items(), key=lambda kv: float(kv[0]))
              if v["argmin_log2"] is not None]
   if res["beta"] is not None and len(argmins) >= 2 and argmins[-1] >= argmins[0]:
@@ -88,7 +88,7 @@ def note(res) -> str:
     flat = (f"the grid argmin does not fall from the shortest to the longest horizon "
             f"(2^{argmins[0]:g} → 2^{argmins[-1]:g}): the fitted shift over these "
             f"horizons is {shift:.1f} grid steps, so the exponent rests on the sub-grid "
-            "(two-sided parabola) optima alone; read it as suggestive, not conclusive.")
+            f"({common.PRIMARY}) optima alone; read it as suggestive, not conclusive.")
     verdict = (f"The interval excludes 0, but {flat}" if verdict.startswith("The interval")
                else f"{verdict}  Also, {flat}")
   return f"""# Training horizon — preset `{res['preset']}`

@@ -297,11 +297,14 @@ def test_paired_seeds_cancel_a_shared_offset():
 @pytest.mark.slow
 def test_the_default_estimators_intervals_cover_the_truth_on_curves_like_ours():
   """analysis.calibration's curves (the measured LR curves' shape), one seed
-  and two: the asymmetric estimator's 95% intervals hold the true optimum
-  about 95% of the time, the symmetric parabola's far less."""
+  and two: the default estimator's 95% intervals hold the true optimum about
+  95% of the time (120 optima per cell here), the symmetric parabola's far
+  less; the default's bias is the documented fifth of a grid step."""
   from analysis import calibration
-  res = calibration.run(reps=30, estimators=("asymmetric", "quadratic"), n_boot=200)
+  from analysis import optimum as opt_lib
+  default = opt_lib.DEFAULT_ESTIMATOR
+  res = calibration.run(reps=30, estimators=(default, "quadratic"), n_boot=200)
   for seeds in ("1_seeds", "2_seeds"):
-    assert 0.88 <= res[seeds]["asymmetric"]["coverage"] <= 1.0, res
-    assert abs(res[seeds]["asymmetric"]["bias_log2"]) < 0.15, res
+    assert 0.88 <= res[seeds][default]["coverage"] <= 0.995, res
+    assert abs(res[seeds][default]["bias_log2"]) < 0.3, res
     assert res[seeds]["quadratic"]["coverage"] < 0.6, res

@@ -2,7 +2,6 @@
 searches vary it inside one compiled group."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from conftest import tiny_config
