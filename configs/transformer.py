@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.parameterization.query_regex = r"(^|/)query/kernel$"  # what zero_init_query zeroes
   c.parameterization.block_regex = r"(^|/)block_\d+/"     # leaves in residual blocks
   c.parameterization.role_rules = ()  # ((regex, role), ...) overriding inference
+  c.parameterization.eps_rule = "none"  # Adam epsilon across width: none (microsoft/mup)
+                                      #   | width (hidden x 1/m_in) | completep (every leaf
+                                      #   x m_width^-1 m_depth^-alpha)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"          # sgd | adam | adamw | adam_atan2 | lion

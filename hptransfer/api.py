@@ -147,7 +147,7 @@ class Parameterized:
           "make the factory's `width` argument set the hidden sizes")
     opt = optim.get(optimizer_name)
     self.table = P.build_table(name, knobs, opt.family, opt.has_eps, weight_decay_mode,
-                               target, base, delta, depth or 1)
+                               target, base, delta, depth or 1, width)
 
   # -- building ---------------------------------------------------------------
 
@@ -363,7 +363,8 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
     dropout: the rate passed to a ``__call__`` that declares ``dropout``
       (active when ``apply`` gets ``rngs={"dropout": key}``).
     **knobs: ``init_std``, ``output_mult``, ``embed_mult``, ``attn_mult``,
-      ``base_head_dim``, ``zero_init_readout``, ``zero_init_query``,
+      ``base_head_dim``, ``eps_rule`` (``none``, ``width``, ``completep``),
+      ``zero_init_readout``, ``zero_init_query``,
       ``query_regex``, ``block_regex`` (``parameterization.Knobs``).
   """
   return _parameterize(make_model, example_input, width=width, base_width=base_width,

@@ -146,7 +146,7 @@ class Group:
 # ids, and with them resuming a workdir and matching the committed rows, stay
 # what they were (tests/test_trial_ids.py).
 ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name": "lm",
-                       "model.dropout": 0.0}
+                       "model.dropout": 0.0, "parameterization.eps_rule": "none"}
 
 
 def trial_id(cfg) -> str:

@@ -56,8 +56,13 @@ microsoft/mup and CompleteP do); with independent decay (``p -= schedule * wd *
 p``, Wortsman et al. 2023) it is 1.  Vectors and scalars are not decayed
 (``wd_mult = 0``).
 
-Adam epsilon across width is left unscaled, as microsoft/mup leaves it; use
-``adam_atan2`` (no epsilon) if epsilon underflow matters at your widths.
+Adam epsilon (``eps_rule``).  ``none`` (the default) leaves it unscaled
+across width, as microsoft/mup does (the depth rule above still applies in
+blocks).  ``width``: hidden matrices' epsilon x ``1/m_in``, since their
+gradients shrink as 1/fan_in under muP and a fixed epsilon would come to
+dominate them.  ``completep``: CompleteP's rule (Dey et al. 2025), every
+leaf's epsilon x ``(width/base_width)^-1 (depth/base_depth)^-alpha``.  Or use
+``adam_atan2``, which has no epsilon.
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ROLES = ("input", "hidden", "output", "vector", "scalar")
+EPS_RULES = ("none", "width", "completep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +161,7 @@ class Knobs:
   query_regex: str = r"(^|/)query/kernel$"
   block_regex: str = r"(^|/)block_\d+/"
   role_rules: tuple = ()          # ((regex, role), ...) overriding inference
+  eps_rule: str = "none"          # Adam epsilon across width: none | width | completep
 
   @classmethod
   def from_config(cls, pcfg) -> "Knobs":
@@ -295,10 +302,21 @@ def _power(m_in: float, m_out: float, e: tuple[float, float]) -> float:
 def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
                 weight_decay_mode: str, target: Mapping[str, tuple],
                 base: Mapping[str, tuple], delta: Mapping[str, tuple],
-                depth: int) -> dict[str, Leaf]:
+                depth: int, width: int | None = None) -> dict[str, Leaf]:
   """Per-leaf scales of one model under parameterization ``name``, for an
-  optimizer of ``family`` (``hptransfer.optim``)."""
+  optimizer of ``family`` (``hptransfer.optim``).  ``width`` (the model's)
+  is needed by ``eps_rule="completep"``."""
   rules_by_role = get(name).rules
+  if knobs.eps_rule not in EPS_RULES:
+    raise ParameterizationError(
+        f"parameterization.eps_rule={knobs.eps_rule!r} is not one of "
+        f"{', '.join(EPS_RULES)}; set --config.parameterization.eps_rule=none")
+  if knobs.eps_rule != "none" and not has_eps:
+    raise ParameterizationError(
+        f"parameterization.eps_rule={knobs.eps_rule!r}, but this optimizer has no "
+        "epsilon; leave eps_rule=none (or pick adam / adamw)")
+  if knobs.eps_rule == "completep" and width is None:
+    raise ParameterizationError("eps_rule='completep' needs the model's width")
   roles = infer_roles(target, base, delta, knobs.role_rules)
   d = depth / knobs.base_depth
   dexp = depth_exponents(float(knobs.alpha), family)
@@ -334,8 +352,17 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
     eps = 1.0
     if in_block and dexp["lr"]:
       lr *= d ** dexp["lr"]
-    if in_block and dexp["eps"]:
-      eps *= d ** dexp["eps"]
+    if knobs.eps_rule == "completep":
+      # Every leaf: m_width^-1 m_depth^-alpha (in blocks or not).
+      if width != knobs.base_width:
+        eps *= (width / knobs.base_width) ** -1.0
+      if float(knobs.alpha) and d != 1:
+        eps *= d ** -float(knobs.alpha)
+    else:
+      if in_block and dexp["eps"]:
+        eps *= d ** dexp["eps"]
+      if knobs.eps_rule == "width" and role == "hidden" and m_in != 1:
+        eps *= m_in ** -1.0
 
     if len(shape) >= 2:
       wd = (1.0 / lr) if weight_decay_mode == "coupled" else 1.0

@@ -189,3 +189,59 @@ def test_alpha_needs_residual_blocks():
     build_lib.build(cfg)
   cfg.model.residual = True
   assert build_lib.build(cfg).branch_mult == pytest.approx(0.5 ** 0.5)
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_epsilon_rules_against_hand_derived_exponents(width):
+  """none: epsilon unscaled (microsoft/mup); width: hidden matrices x 1/m_in;
+  completep: every leaf x (width/base)^-1 (depth/base_depth)^-alpha."""
+  def table(rule, **kw):
+    return build_lib.build(tiny_config(**{"model.width": width, "parameterization.eps_rule": rule,
+                                          **kw})).table
+  m = width / 32                                   # tiny_config's base width is 32
+  none, by_width = table("none"), table("width")
+  assert {l.eps_mult for l in none.values()} == {1.0}
+  for path, leaf in by_width.items():
+    fan_in = math.prod(leaf.shape[:-1])
+    want = (32 * (4 if "fc_out" in path else 1) / fan_in) if leaf.role == "hidden" else 1.0
+    assert leaf.eps_mult == pytest.approx(want), path
+  assert by_width["block_0/mlp/fc_out/kernel"].eps_mult == pytest.approx(1 / m)
+  deep = {"model.depth": 4, "parameterization.base_depth": 2, "parameterization.alpha": 1.0}
+  completep = table("completep", **deep)
+  for path, leaf in completep.items():                     # in blocks or not
+    assert leaf.eps_mult == pytest.approx(1 / m * 0.5), path
+  # The rules change nothing else in the table.
+  strip = lambda t: {p: (l.init_std, l.forward_mult, l.lr_mult, l.wd_mult) for p, l in t.items()}
+  assert strip(by_width) == strip(none)
+  assert strip(completep) == strip(table("none", **deep))
+
+
+def test_an_epsilon_rule_reaches_the_updates():
+  """With a large epsilon, the width rule changes the updates of hidden
+  matrices and nothing else."""
+  from hptransfer import optim
+  ups = {}
+  for rule in ("none", "width"):
+    b = build_lib.build(tiny_config(**{"model.width": 128, "parameterization.eps_rule": rule,
+                                       "optimizer.eps": 1e-2}))
+    tx = optim.build(b.cfg.optimizer, b.leaf_trees(), 10)
+    params = b.init(jax.random.key(0))
+    grads = jax.tree_util.tree_map(lambda x: 1e-3 * jax.numpy.ones_like(x), params)
+    u, _ = tx.update(grads, tx.init(params), params)
+    ups[rule] = {P.path_str(k): np.asarray(v) for k, v in
+                 jax.tree_util.tree_flatten_with_path(u)[0]}
+  table = build_lib.build(tiny_config(**{"model.width": 128})).table
+  for path, leaf in table.items():
+    same = np.array_equal(ups["none"][path], ups["width"][path])
+    assert same == (leaf.role != "hidden"), path
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"parameterization.eps_rule": "sqrt"}, "parameterization.eps_rule"),
+    ({"parameterization.eps_rule": "width", "optimizer.name": "sgd"}, "no epsilon"),
+    ({"parameterization.eps_rule": "completep", "optimizer.name": "lion"}, "no epsilon"),
+])
+def test_bad_epsilon_rules_are_refused(overrides, match):
+  from hptransfer import configlib
+  with pytest.raises(configlib.ConfigError, match=match):
+    configlib.validate(tiny_config(**overrides))
