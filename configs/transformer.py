@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.weight_decay_mode = "coupled"  # coupled: p -= lr*wd*p (AdamW);
                                              # independent: p -= schedule*wd*p
+                                             # l2: g += wd*p (torch SGD/Adam, MuSGD)
   c.optimizer.b1 = 0.9                # Adam beta1 (SGD: momentum)
   c.optimizer.b2 = 0.95
   c.optimizer.eps = 1e-8

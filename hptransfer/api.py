@@ -357,7 +357,8 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
       leaves inside blocks (``block_regex``, default ``block_<i>/``) get the
       depth LR and epsilon corrections.
     head_dim: the attention head dimension, when ``__call__`` takes ``attn_scale``.
-    weight_decay_mode: ``coupled`` (AdamW) or ``independent``.
+    weight_decay_mode: ``coupled`` (AdamW), ``independent``, or ``l2`` (torch
+      SGD/Adam's L2 decay through the gradient, as microsoft/mup's MuSGD).
     role_rules: ``[(regex, role), ...]`` for leaves whose role the shapes do
       not tell (``input``, ``hidden``, ``output``, ``vector``, ``scalar``).
     dropout: the rate passed to a ``__call__`` that declares ``dropout``

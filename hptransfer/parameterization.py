@@ -49,7 +49,7 @@ For ``alpha > 0`` every leaf inside a residual block (``block_regex``) also gets
 derived from asking each block's contribution to the residual stream to move by
 Theta(1/d) per step.  ``alpha = 0`` is plain muP: no depth correction at all.
 
-Weight decay.  ``wd_mult`` keeps the per-step decay fraction of a matrix the
+Weight decay (``l2`` below: torch's L2 decay, every leaf, ``1/lr_mult``).  ``wd_mult`` keeps the per-step decay fraction of a matrix the
 same at every width and depth: with decay coupled to the LR (torch/optax AdamW:
 ``p -= lr * lr_mult * wd * wd_mult * p``) that is ``wd_mult = 1 / lr_mult`` (as
 microsoft/mup and CompleteP do); with independent decay (``p -= schedule * wd *
@@ -364,7 +364,11 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
       if knobs.eps_rule == "width" and role == "hidden" and m_in != 1:
         eps *= m_in ** -1.0
 
-    if len(shape) >= 2:
+    if weight_decay_mode == "l2":
+      # torch's L2 decay reaches every leaf; microsoft/mup's MuSGD/MuAdam
+      # divide its weight_decay by the LR's width factor (1 at base shape).
+      wd = 1.0 / lr if lr else 0.0
+    elif len(shape) >= 2:
       wd = (1.0 / lr) if weight_decay_mode == "coupled" else 1.0
     else:
       wd = 0.0

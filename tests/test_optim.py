@@ -74,6 +74,49 @@ def test_per_leaf_multipliers_and_decay_modes():
     np.testing.assert_allclose(upd["b"], -0.1 * g["b"], rtol=1e-6)
 
 
+def test_l2_decay_is_torch_sgds_weight_decay_through_the_momentum():
+  """weight_decay_mode=l2 (microsoft/mup's MuSGD on torch.optim.SGD):
+  buf = b1 buf + (g + wd wd_mult p); p -= lr lr_mult buf, by hand in float64."""
+  mults = _ones(PARAMS)
+  mults["lr_mult"] = {"w": jnp.asarray(2.0), "b": jnp.asarray(0.5)}
+  mults["wd_mult"] = {"w": jnp.asarray(0.5), "b": jnp.asarray(2.0)}
+  ours = _run(optim.build(_ocfg(name="sgd", b1=0.9, weight_decay=0.1, weight_decay_mode="l2"),
+                          mults, 10))
+  p = {k: np.asarray(v, np.float64) for k, v in PARAMS.items()}
+  buf = {k: np.zeros_like(v) for k, v in p.items()}
+  for t in range(5):
+    g = {k: np.asarray(v, np.float64) for k, v in _grads(t).items()}
+    for k in p:
+      buf[k] = 0.9 * buf[k] + g[k] + 0.1 * float(mults["wd_mult"][k]) * p[k]
+      p[k] = p[k] - 0.1 * float(mults["lr_mult"][k]) * buf[k]
+  for k in p:
+    np.testing.assert_allclose(ours[k], p[k], rtol=1e-5, atol=1e-6)
+  # Not the coupled (SGDW) update, whose decay skips the momentum.
+  coupled = _run(optim.build(_ocfg(name="sgd", b1=0.9, weight_decay=0.1), mults, 10))
+  assert not np.allclose(coupled["w"], ours["w"], rtol=1e-4)
+  # Adam takes L2 decay too (torch Adam's weight_decay); decoupled it refuses.
+  optim.validate(_ocfg(name="adam", weight_decay=0.1, weight_decay_mode="l2"), 10)
+  with pytest.raises(optim.OptimizerError, match="weight_decay_mode=l2"):
+    optim.validate(_ocfg(name="adam", weight_decay=0.1), 10)
+
+
+def test_l2_decays_every_leaf_at_one_over_its_lr_mult():
+  """microsoft/mup's MuSGD divides an L2 weight_decay by the LR's width
+  factor, on vectors too; coupled decay leaves vectors undecayed."""
+  from conftest import tiny_config
+  from hptransfer import build as build_lib
+  def table(mode):
+    return build_lib.build(tiny_config(**{"optimizer.name": "sgd", "model.width": 128,
+                                          "optimizer.weight_decay_mode": mode})).table
+  l2, coupled = table("l2"), table("coupled")
+  for path, leaf in l2.items():
+    assert leaf.wd_mult == pytest.approx(1.0 / leaf.lr_mult), path
+    if len(leaf.shape) < 2:
+      assert coupled[path].wd_mult == 0.0
+  vec = [l for l in l2.values() if l.role == "vector"][0]
+  assert vec.lr_mult == pytest.approx(4.0) and vec.wd_mult == pytest.approx(0.25)
+
+
 def test_adam_epsilon_multiplier():
   mults = _ones(PARAMS)
   mults["eps_mult"] = {"w": jnp.asarray(1e6), "b": jnp.asarray(1.0)}
@@ -228,6 +271,6 @@ def test_optimizer_settings_are_checked_against_their_domains():
                      (dict(final_lr_ratio=2.0), r"final_lr_ratio=2.0 must lie in \[0, 1\]"),
                      (dict(decay_fraction=0.0), r"decay_fraction=0.0 must lie in \(0, 1\]"),
                      (dict(grad_clip=-1.0), r"grad_clip=-1.0 must be >= 0"),
-                     (dict(weight_decay_mode="l2"), r"weight_decay_mode='l2' is not one of")):
+                     (dict(weight_decay_mode="L2"), r"weight_decay_mode='L2' is not one of")):
     with pytest.raises(optim.OptimizerError, match=match):
       optim.validate(_ocfg(**bad), 10)

@@ -7,6 +7,7 @@ rules it follows (``sgd``, or ``adam`` for per-coordinate normalised updates).
 ``build`` wraps every direction the same way::
 
     clip_by_global_norm (optimizer.grad_clip > 0)
+    -> + wd * wd_mult * p                (weight_decay_mode=l2: torch's L2 decay)
     -> divide the gradient by eps_mult   (optimizers with an epsilon: per-leaf eps)
     -> direction                         (optax; its numbers in its state)
     -> -lr * schedule * lr_mult, plus weight decay * wd_mult (coupled or independent)
@@ -33,10 +34,14 @@ import optax
 
 from hptransfer.optim import schedules
 from hptransfer.optim.schedules import SCHEDULE_HPARAMS, SCHEDULES
-from hptransfer.optim.transforms import HpState, divide_by_leaf, find, scale_by_lr_and_decay
+from hptransfer.optim.transforms import (HpState, add_l2, divide_by_leaf, find,
+                                         scale_by_lr_and_decay)
 
 FAMILIES = ("sgd", "adam")
-WEIGHT_DECAY_MODES = ("coupled", "independent")
+# coupled: p -= lr*lr_mult*wd*wd_mult*p (AdamW, SGDW); independent: p -= s_t*wd*wd_mult*p
+# (Wortsman et al. 2023); l2: g += wd*wd_mult*p before the direction (torch's SGD and
+# Adam weight_decay, what microsoft/mup's MuSGD and MuAdam scale; every leaf decayed).
+WEIGHT_DECAY_MODES = ("coupled", "independent", "l2")
 COMMON_HPARAMS = ("lr", "weight_decay") + SCHEDULE_HPARAMS
 
 
@@ -119,7 +124,7 @@ def validate(ocfg, total_steps: int | None = None) -> None:
   if ocfg.weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise OptimizerError(f"optimizer.weight_decay_mode={ocfg.weight_decay_mode!r} is not one "
                          f"of {', '.join(WEIGHT_DECAY_MODES)}; set "
-                         "--config.optimizer.weight_decay_mode=coupled or independent")
+                         "--config.optimizer.weight_decay_mode=coupled, independent or l2")
   if not callable(ocfg.schedule) and ocfg.schedule not in SCHEDULES:
     raise OptimizerError(f"optimizer.schedule={ocfg.schedule!r} is not one of "
                          f"{', '.join(SCHEDULES)}; set --config.optimizer.schedule=<one of them>")
@@ -165,6 +170,8 @@ def build(ocfg, mults: dict, total_steps, hp: dict | None = None) -> optax.Gradi
   parts = []
   if ocfg.grad_clip:
     parts.append(optax.clip_by_global_norm(ocfg.grad_clip))
+  if ocfg.weight_decay_mode == "l2":
+    parts.append(add_l2(hp["weight_decay"], mults["wd_mult"]))
   if opt.has_eps:
     parts.append(divide_by_leaf(mults["eps_mult"]))
   parts.append(opt.direction(ocfg, hp))

@@ -2,8 +2,8 @@
 table: per-coordinate normalised updates).
 
 ``adam`` and ``adamw`` are the same update, optax's ``scale_by_adam``; ``adam``
-refuses weight decay so that a config cannot mean L2 decay and get decoupled
-decay.  Adam-atan2 (Everett et al. 2024) replaces ``m / (sqrt(v) + eps)`` with
+refuses decoupled weight decay so that a config cannot mean L2 decay and get
+decoupled decay (``weight_decay_mode=l2`` is torch Adam's L2 decay).  Adam-atan2 (Everett et al. 2024) replaces ``m / (sqrt(v) + eps)`` with
 ``(4/pi) * atan2(m, sqrt(v))``: no epsilon, bounded, scale-invariant; the 4/pi
 makes it equal Adam's step where ``|m| = sqrt(v)``.  optax has no atan2 form,
 so its direction is written here on optax's moment helpers.
@@ -24,9 +24,10 @@ def _adam(ocfg, hp):
 
 
 def _no_decay(ocfg):
-  if ocfg.weight_decay:
+  if ocfg.weight_decay and ocfg.weight_decay_mode != "l2":
     raise OptimizerError("optimizer.weight_decay is set with optimizer.name='adam'; "
-                         "use --config.optimizer.name=adamw for decoupled decay")
+                         "use --config.optimizer.name=adamw for decoupled decay, or "
+                         "optimizer.weight_decay_mode=l2 for torch Adam's L2 decay")
 
 
 def _betas(ocfg):

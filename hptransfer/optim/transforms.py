@@ -41,6 +41,26 @@ def divide_by_leaf(tree) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+class L2State(NamedTuple):
+  wd: jax.Array       # the global decay (a scalar: vmapped across trials)
+  wd_mult: Any        # per-leaf multipliers, a tree shaped like params
+
+
+def add_l2(weight_decay, wd_mult) -> optax.GradientTransformation:
+  """``g + wd * wd_mult * p``: L2 decay added to the gradient before the
+  direction, as torch's SGD and Adam do with ``weight_decay`` (and so
+  microsoft/mup's MuSGD and MuAdam).  The numbers live in the state."""
+  def init(params):
+    del params
+    return L2State(wd=jnp.asarray(weight_decay, jnp.float32), wd_mult=wd_mult)
+
+  def update(updates, state, params):
+    return (jax.tree_util.tree_map(lambda g, p, wm: g + (state.wd * wm * p).astype(g.dtype),
+                                   updates, params, state.wd_mult), state)
+
+  return optax.GradientTransformation(init, update)
+
+
 class HpState(NamedTuple):
   count: jax.Array
   hparams: dict   # lr, wd, steps and the schedule's numbers (scalars); lr_mult, wd_mult (trees)
@@ -51,7 +71,8 @@ def scale_by_lr_and_decay(hp: dict, lr_mult, wd_mult, total_steps, schedule,
   """Direction ``d`` -> the parameter update, per leaf:
 
   - coupled decay (torch / optax AdamW): ``-lr_t * lr_mult * (d + wd * wd_mult * p)``;
-  - independent decay (Wortsman et al. 2023): ``-lr_t * lr_mult * d - s_t * wd * wd_mult * p``,
+  - independent decay (Wortsman et al. 2023): ``-lr_t * lr_mult * d - s_t * wd * wd_mult * p``;
+  - ``l2``: ``-lr_t * lr_mult * d`` (the decay went into the gradient, ``add_l2``),
 
   with ``s_t`` the schedule's factor and ``lr_t = lr * s_t``.  ``hp`` holds
   ``lr``, ``weight_decay`` and the schedule's numbers (``SCHEDULE_HPARAMS``).
@@ -61,9 +82,9 @@ def scale_by_lr_and_decay(hp: dict, lr_mult, wd_mult, total_steps, schedule,
   """
   if not callable(schedule):
     schedules.check(schedule)
-  if weight_decay_mode not in ("coupled", "independent"):
+  if weight_decay_mode not in ("coupled", "independent", "l2"):
     raise ValueError(f"optimizer.weight_decay_mode={weight_decay_mode!r} is not one of "
-                     "coupled, independent")
+                     "coupled, independent, l2")
 
   def init(params):
     del params
@@ -86,9 +107,11 @@ def scale_by_lr_and_decay(hp: dict, lr_mult, wd_mult, total_steps, schedule,
     if weight_decay_mode == "coupled":
       updates = tmap(lambda d, p, lm, wm: -lr_t * lm * (d + h["wd"] * wm * p),
                      direction, params, h["lr_mult"], h["wd_mult"])
-    else:
+    elif weight_decay_mode == "independent":
       updates = tmap(lambda d, p, lm, wm: -lr_t * lm * d - s * h["wd"] * wm * p,
                      direction, params, h["lr_mult"], h["wd_mult"])
+    else:
+      updates = tmap(lambda d, lm: -lr_t * lm * d, direction, h["lr_mult"])
     updates = tmap(lambda u, p: u.astype(p.dtype), updates, params)
     return updates, HpState(count=state.count + 1, hparams=h)
 
