@@ -34,7 +34,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke bench mfu_flags compile_cache mfu_parts compile_flags tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig} "
+STAGES=" ${STAGES:-smoke bench mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -135,6 +135,11 @@ if want compile_flags; then
       -- ${FLAG_SHAPE:---width 512 --depth 2 --batch 16 --seq 256 --head_dim 64 --dtype bf16 --vmap 16 --steps 10 --warmup 2}
   grep '^{\|^#' "$W/logs/compile_flags.log"
 fi
+# --- 2b. searches: K-trial vmapped rounds against Optuna's one-at-a-time loop (issue 15) --
+want search_throughput && stage search_throughput 150 $PY benchmarks/search_throughput.py \
+    --trials 32 --round 16 --steps 100 --width 128 --out "$W/bench/search_throughput_gpu.json"
+tail -3 "$W/logs/search_throughput.log" 2>/dev/null
+
 EXP_XLA_FLAGS=${EXP_XLA_FLAGS:-auto}
 if [[ "$EXP_XLA_FLAGS" == auto ]]; then
   EXP_XLA_FLAGS=$($PY -c "import json,sys; c=json.load(open(sys.argv[1]))['chosen']; print(c['flags'] if c else '')" \
@@ -153,7 +158,7 @@ EXP=(env "XLA_FLAGS=$EXP_XLA_FLAGS")   # a command prefix that works under timeo
 # XLA's defaults, 20-40 s of it compiling one program; the limits below are per
 # stage, and the whole run stays within BUDGET.
 for spec in tp5_fig1:200 mutransfer_demo:150 depth_transfer:200 horizon:150 \
-            other_hps:200 coord_check_fig:150; do
+            other_hps:200 coord_check_fig:150 search_transfer:300; do
   name=${spec%%:*}; limit=${spec##*:}
   want "$name" || continue
   stage "$name" "$limit" "${EXP[@]}" $PY "experiments/$name.py" --preset gpu \
