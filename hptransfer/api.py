@@ -168,7 +168,10 @@ class Parameterized:
 
   def _shapes(self, width: int) -> dict:
     x = self.example_input
-    key = (self.factory, json.dumps({"ctx": self._context, "cfg": self._config},
+    # Keyed on what reaches the factory: models.RESERVED keys (the call-time
+    # dropout rate among them) never do, so they share one entry.
+    factory_cfg = {k: v for k, v in self._config.items() if k not in models.RESERVED}
+    key = (self.factory, json.dumps({"ctx": self._context, "cfg": factory_cfg},
                                     sort_keys=True, default=str),
            tuple(x.shape), str(x.dtype), width, self.depth,
            tuple(sorted(self._knob_kwargs())))

@@ -34,8 +34,8 @@ def build(cfg) -> api.Parameterized:
       depth=depth, base_depth=p.base_depth if depth is not None else None,
       alpha=p.alpha if depth is not None else 0.0, head_dim=m.get("head_dim") or None,
       weight_decay_mode=cfg.optimizer.weight_decay_mode, role_rules=knobs.role_rules,
-      context=task.context(), config={k: v for k, v in m.to_dict().items() if k != "dropout"},
-      where=where, dropout=float(m.get("dropout", 0.0)), dropout_seed=int(cfg.seed), **kw)
+      context=task.context(), config=m.to_dict(), where=where,
+      dropout=float(m.get("dropout", 0.0)), dropout_seed=int(cfg.seed), **kw)
   if float(p.alpha) and depth is None:
     raise P.ParameterizationError(
         f"parameterization.alpha={p.alpha} needs a model with a depth knob, but {where} "

@@ -60,7 +60,6 @@ def validate(cfg) -> None:
       raise ConfigError(f"model.matmul_dtype={m.matmul_dtype!r} is implemented for the "
                         f"transformer only; set --config.model.matmul_dtype='' for {where}")
   one_of(p.name, P.names(), "parameterization.name")
-  one_of(p.get("eps_rule", "none"), P.EPS_RULES, "parameterization.eps_rule")
   positive_int(p.base_width, "parameterization.base_width")
   positive_int(p.base_depth, "parameterization.base_depth")
   if p.base_width > m.width:
@@ -89,9 +88,11 @@ def validate(cfg) -> None:
     if m.z_loss < 0:
       raise ConfigError(f"model.z_loss={m.z_loss} must be >= 0 (0 turns it off)")
   one_of(o.name, optim.names(), "optimizer.name")
-  if p.get("eps_rule", "none") != "none" and not optim.get(o.name).has_eps:
-    raise ConfigError(f"parameterization.eps_rule={p.eps_rule!r}, but optimizer.name="
-                      f"{o.name!r} has no epsilon; set --config.parameterization.eps_rule=none")
+  try:
+    P.check_eps_rule(p.get("eps_rule", "none"), optim.get(o.name).has_eps,
+                     f"optimizer.name={o.name!r}")
+  except P.ParameterizationError as e:
+    raise ConfigError(str(e)) from None
   _wrap(optim.validate, o, t.steps if isinstance(t.steps, int) else None)
   for field in ("steps", "batch_size", "eval_every", "eval_batches",
                 "checkpoint_every", "log_every"):

@@ -49,12 +49,14 @@ For ``alpha > 0`` every leaf inside a residual block (``block_regex``) also gets
 derived from asking each block's contribution to the residual stream to move by
 Theta(1/d) per step.  ``alpha = 0`` is plain muP: no depth correction at all.
 
-Weight decay (``l2`` below: torch's L2 decay, every leaf, ``1/lr_mult``).  ``wd_mult`` keeps the per-step decay fraction of a matrix the
+Weight decay.  ``wd_mult`` keeps the per-step decay fraction of a matrix the
 same at every width and depth: with decay coupled to the LR (torch/optax AdamW:
 ``p -= lr * lr_mult * wd * wd_mult * p``) that is ``wd_mult = 1 / lr_mult`` (as
 microsoft/mup and CompleteP do); with independent decay (``p -= schedule * wd *
 p``, Wortsman et al. 2023) it is 1.  Vectors and scalars are not decayed
-(``wd_mult = 0``).
+(``wd_mult = 0``).  With torch's L2 decay (``weight_decay_mode=l2``, added to
+the gradient) every leaf is decayed, at ``wd_mult = 1 / lr_mult``, as
+microsoft/mup's MuSGD and MuAdam scale torch's ``weight_decay``.
 
 Adam epsilon (``eps_rule``).  ``none`` (the default) leaves it unscaled
 across width, as microsoft/mup does (the depth rule above still applies in
@@ -299,6 +301,19 @@ def _power(m_in: float, m_out: float, e: tuple[float, float]) -> float:
   return out
 
 
+def check_eps_rule(rule: str, has_eps: bool, optimizer: str = "this optimizer") -> None:
+  """``parameterization.eps_rule`` is a known rule, and names none for an
+  optimizer without an epsilon."""
+  if rule not in EPS_RULES:
+    raise ParameterizationError(
+        f"parameterization.eps_rule={rule!r} is not one of {', '.join(EPS_RULES)}; "
+        "set --config.parameterization.eps_rule=none")
+  if rule != "none" and not has_eps:
+    raise ParameterizationError(
+        f"parameterization.eps_rule={rule!r}, but {optimizer} has no epsilon; set "
+        "--config.parameterization.eps_rule=none (or pick adam / adamw)")
+
+
 def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
                 weight_decay_mode: str, target: Mapping[str, tuple],
                 base: Mapping[str, tuple], delta: Mapping[str, tuple],
@@ -307,14 +322,7 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
   optimizer of ``family`` (``hptransfer.optim``).  ``width`` (the model's)
   is needed by ``eps_rule="completep"``."""
   rules_by_role = get(name).rules
-  if knobs.eps_rule not in EPS_RULES:
-    raise ParameterizationError(
-        f"parameterization.eps_rule={knobs.eps_rule!r} is not one of "
-        f"{', '.join(EPS_RULES)}; set --config.parameterization.eps_rule=none")
-  if knobs.eps_rule != "none" and not has_eps:
-    raise ParameterizationError(
-        f"parameterization.eps_rule={knobs.eps_rule!r}, but this optimizer has no "
-        "epsilon; leave eps_rule=none (or pick adam / adamw)")
+  check_eps_rule(knobs.eps_rule, has_eps)
   if knobs.eps_rule == "completep" and width is None:
     raise ParameterizationError("eps_rule='completep' needs the model's width")
   roles = infer_roles(target, base, delta, knobs.role_rules)

@@ -227,9 +227,6 @@ def open_study(scfg, workdir: str, sweep_name: str):
   return study
 
 
-_file_lock = locks_lib.file_lock
-
-
 def _trial_locks(workdir: str) -> "locks_lib.HeldLocks":
   return locks_lib.HeldLocks(os.path.join(workdir, "groups"), "trial_")
 
@@ -298,7 +295,7 @@ def run(base_cfg, space, workdir: str, *, sweep_name: str = "", progress: bool =
   os.makedirs(workdir, exist_ok=True)
   locks = _trial_locks(workdir)
   study_lock = os.path.join(workdir, "groups", "study.lock")
-  with _file_lock(study_lock):   # processes starting together create the schema once
+  with locks_lib.file_lock(study_lock):   # processes starting together create the schema once
     study = open_study(scfg, workdir, sweep_name)
   metric = scfg.get("metric", "final_eval_loss")
   trained, repeats = 0, 0
@@ -311,7 +308,7 @@ def run(base_cfg, space, workdir: str, *, sweep_name: str = "", progress: bool =
       return float("inf"), TrialState.COMPLETE
     return float(v), TrialState.COMPLETE
 
-  with _file_lock(study_lock):
+  with locks_lib.file_lock(study_lock):
     n = seed(study, base_cfg, dists, {r["trial_id"]: r for r in results_lib.read_rows(workdir)},
              value_of, enqueue)
   if n:
@@ -324,7 +321,7 @@ def run(base_cfg, space, workdir: str, *, sweep_name: str = "", progress: bool =
 
   while True:
     rows_by_id = {r["trial_id"]: r for r in results_lib.read_rows(workdir)}
-    with _file_lock(study_lock):
+    with locks_lib.file_lock(study_lock):
       # Tell what has a row; take the RUNNING trials nobody is training (their
       # worker was killed) before asking for new ones, so that a killed
       # round's groups form again and resume from their checkpoints.
@@ -392,7 +389,7 @@ def run(base_cfg, space, workdir: str, *, sweep_name: str = "", progress: bool =
       rows = sweep_lib.run_group(g, workdir, sweep_name=sweep_name, progress=progress, log=log,
                                  trial_loop=trial_loop, on_eval=on_eval, extra_rows=extra)
       trained += len(rows)
-      with _file_lock(study_lock):
+      with locks_lib.file_lock(study_lock):
         for r in rows:
           for ot in by_id[r["trial_id"]]["optuna"]:
             tell(ot.number, r)

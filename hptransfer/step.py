@@ -99,7 +99,7 @@ def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True):
   from hptransfer import api
   grad_fn = jax.value_and_grad(lambda prm, c, b, r: loss_fn(p, prm, c, b, z_loss, r),
                                has_aux=True)
-  dropout_on = bool(getattr(p, "dropout_on", False))
+  dropout_on = p.dropout_on
 
   def step(state, consts, batch):
     rngs = {"dropout": api.dropout_rng(consts, state["step"])} if dropout_on else None

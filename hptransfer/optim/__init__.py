@@ -34,14 +34,10 @@ import optax
 
 from hptransfer.optim import schedules
 from hptransfer.optim.schedules import SCHEDULE_HPARAMS, SCHEDULES
-from hptransfer.optim.transforms import (HpState, add_l2, divide_by_leaf, find,
-                                         scale_by_lr_and_decay)
+from hptransfer.optim.transforms import (WEIGHT_DECAY_MODES, HpState, add_l2, divide_by_leaf,
+                                         find, scale_by_lr_and_decay)
 
 FAMILIES = ("sgd", "adam")
-# coupled: p -= lr*lr_mult*wd*wd_mult*p (AdamW, SGDW); independent: p -= s_t*wd*wd_mult*p
-# (Wortsman et al. 2023); l2: g += wd*wd_mult*p before the direction (torch's SGD and
-# Adam weight_decay, what microsoft/mup's MuSGD and MuAdam scale; every leaf decayed).
-WEIGHT_DECAY_MODES = ("coupled", "independent", "l2")
 COMMON_HPARAMS = ("lr", "weight_decay") + SCHEDULE_HPARAMS
 
 

@@ -3,7 +3,8 @@ table: per-coordinate normalised updates).
 
 ``adam`` and ``adamw`` are the same update, optax's ``scale_by_adam``; ``adam``
 refuses decoupled weight decay so that a config cannot mean L2 decay and get
-decoupled decay (``weight_decay_mode=l2`` is torch Adam's L2 decay).  Adam-atan2 (Everett et al. 2024) replaces ``m / (sqrt(v) + eps)`` with
+decoupled decay (``weight_decay_mode=l2`` is torch Adam's L2 decay).
+Adam-atan2 (Everett et al. 2024) replaces ``m / (sqrt(v) + eps)`` with
 ``(4/pi) * atan2(m, sqrt(v))``: no epsilon, bounded, scale-invariant; the 4/pi
 makes it equal Adam's step where ``|m| = sqrt(v)``.  optax has no atan2 form,
 so its direction is written here on optax's moment helpers.

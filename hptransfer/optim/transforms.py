@@ -16,6 +16,12 @@ import optax
 from hptransfer.optim import schedules
 
 
+# coupled: p -= lr*lr_mult*wd*wd_mult*p (AdamW, SGDW); independent: p -= s_t*wd*wd_mult*p
+# (Wortsman et al. 2023); l2: g += wd*wd_mult*p before the direction (torch's SGD and
+# Adam weight_decay, what microsoft/mup's MuSGD and MuAdam scale; every leaf decayed).
+WEIGHT_DECAY_MODES = ("coupled", "independent", "l2")
+
+
 class LeafScaleState(NamedTuple):
   scale: Any          # a tree shaped like params
 
@@ -82,9 +88,9 @@ def scale_by_lr_and_decay(hp: dict, lr_mult, wd_mult, total_steps, schedule,
   """
   if not callable(schedule):
     schedules.check(schedule)
-  if weight_decay_mode not in ("coupled", "independent", "l2"):
+  if weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f"optimizer.weight_decay_mode={weight_decay_mode!r} is not one of "
-                     "coupled, independent, l2")
+                     f"{', '.join(WEIGHT_DECAY_MODES)}")
 
   def init(params):
     del params
