@@ -98,6 +98,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 0               # tokens/synthetic (stdlib: 256 bytes)
   c.data.synthetic_seed = 0           # synthetic: seed of the Markov chain
 
+  c.mesh = ml_collections.ConfigDict()     # one run over devices (hptransfer.train;
+                                      #   hptransfer/sharding.py, docs/training.md)
+  c.mesh.data = 0                     # data parallel; 0: the devices the others leave
+  c.mesh.fsdp = 1                     # params + optimizer state sharded (and batch)
+  c.mesh.tensor = 1                   # Megatron tensor parallel (attention, MLP)
+  c.mesh.tensor_rules = ()            # ((regex, dim), ...): a model of your own
+
   c.wandb = ml_collections.ConfigDict()
   c.wandb.mode = "disabled"           # disabled | offline | online
   c.wandb.project = "hptransfer"

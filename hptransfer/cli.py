@@ -115,3 +115,35 @@ def run_app(main, doc: str) -> None:
     print(help_text(doc))
     sys.exit(0)
   app.run(main)
+
+
+MULTIHOST_ENV = ("HPTRANSFER_COORDINATOR", "HPTRANSFER_NUM_PROCESSES", "HPTRANSFER_PROCESS_ID")
+
+
+def init_distributed(argv=None) -> bool:
+  """``jax.distributed.initialize()`` when ``--multihost`` is on the command
+  line (before absl parses it: JAX must start before any device is touched).
+
+  With no more than that, JAX finds the coordinator and this process's rank
+  in the environment of SLURM, Open MPI, Kubernetes or a TPU pod.  Elsewhere
+  (several processes on one machine, or your own launcher) set
+  ``HPTRANSFER_COORDINATOR=host:port``, ``HPTRANSFER_NUM_PROCESSES`` and
+  ``HPTRANSFER_PROCESS_ID``.  On CPU the cross-process collectives are gloo's.
+  Returns whether it initialised.
+  """
+  argv = sys.argv if argv is None else argv
+  if not any(a in ("--multihost", "--multihost=true", "--multihost=True") for a in argv):
+    return False
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  coord, n, pid = (os.environ.get(k) for k in MULTIHOST_ENV)
+  if coord:
+    if n is None or pid is None:
+      print(f"error: HPTRANSFER_COORDINATOR is set, so {MULTIHOST_ENV[1]} and "
+            f"{MULTIHOST_ENV[2]} must be too (the process count and this process's rank)",
+            file=sys.stderr)
+      sys.exit(2)
+    jax.distributed.initialize(coordinator_address=coord, num_processes=int(n),
+                               process_id=int(pid))
+  else:
+    jax.distributed.initialize()
+  return True

@@ -119,6 +119,11 @@ def validate(cfg) -> None:
                           f"--config.data.{field}=/path/to/tokens.bin")
   if task_name == "lm":
     data_lib.vocab_size(d)
+  if "mesh" in cfg:
+    from hptransfer import sharding
+    for axis in sharding.AXES:
+      sharding.axis_size(cfg.mesh, axis)
+    sharding.tensor_rules(cfg)
   one_of(cfg.wandb.mode, ("disabled", "offline", "online"), "wandb.mode")
   if "mlflow" in cfg and cfg.mlflow.get("tracking_uri"):
     import importlib.util
@@ -145,9 +150,11 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every",
 
 def differing_keys(stored: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
   """Dotted keys whose values differ between two config dicts (missing on
-  one side counts), leaving out ``ignore`` and the logging sections (wandb.*, mlflow.*)."""
+  one side counts), leaving out ``ignore``, the logging sections (wandb.*,
+  mlflow.*), search.* and mesh.* (a run may resume on another mesh)."""
   from hptransfer.grid import flatten
   a, b = flatten(stored), flatten(current)
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if k not in ignore and not k.startswith(("wandb.", "mlflow.", "search."))
+  return [k for k in keys if k not in ignore
+          and not k.startswith(("wandb.", "mlflow.", "search.", "mesh."))
           and a.get(k, "<absent>") != b.get(k, "<absent>")]

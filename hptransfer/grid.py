@@ -151,8 +151,9 @@ ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name"
 
 def trial_id(cfg) -> str:
   d = cfg.to_dict()
-  for section in ("wandb", "mlflow", "search"):   # logging and search settings
-    d.pop(section, None)                          # do not change the trial
+  # Logging, search settings and the device layout do not change the trial.
+  for section in ("wandb", "mlflow", "search", "mesh"):
+    d.pop(section, None)
   for key, default in ID_OMITTED_DEFAULTS.items():
     section, _, leaf = key.rpartition(".")
     node = d.get(section)
@@ -225,7 +226,8 @@ def group_key(cfg) -> str:
   """Everything that changes compiled shapes or program structure."""
   flat = flatten(cfg.to_dict())
   kept = {k: v for k, v in flat.items()
-          if not is_vmapped(k, cfg) and not k.startswith(("wandb.", "mlflow.", "search."))}
+          if not is_vmapped(k, cfg)
+          and not k.startswith(("wandb.", "mlflow.", "search.", "mesh."))}
   if cfg.model.get("dropout", 0.0) > 0:
     # The rate is vmapped, but drawing masks at all shapes the program.
     kept["model.dropout_on"] = True

@@ -334,11 +334,23 @@ def summary_table(df) -> str:
   return out.merge(counts.reset_index(), on=by).to_string(index=False, float_format="%.4g")
 
 
+def _check_mesh(cfg) -> None:
+  """A sweep lays its trials over the devices itself (a ``trials`` axis);
+  ``mesh.*`` lays out one run, in ``hptransfer.train``."""
+  m = cfg.get("mesh")
+  if m is not None and (m.get("fsdp", 1) != 1 or m.get("tensor", 1) != 1):
+    raise SweepError(f"mesh.fsdp={m.fsdp}, mesh.tensor={m.tensor}: a sweep spreads its "
+                     "trials over the devices itself; FSDP and tensor sharding are for one "
+                     "large run (python -m hptransfer.train --config.mesh.fsdp=...): set "
+                     "them to 1 here")
+
+
 def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers: int = 1,
         max_group_size: int = 0, memory_gb: float = 0.0, dry_run: bool = False,
         sweep_name: str = "", progress: bool = True, log=print,
         trial_loop: str = "auto") -> list[dict]:
   resolve_trial_loop(trial_loop, False)   # a bad value fails before any training
+  _check_mesh(base_cfg)
   trials = expand(base_cfg, overrides)
   groups = make_groups(trials, max_group_size, int(memory_gb * (1 << 30)))
   if dry_run:
@@ -434,6 +446,7 @@ def main(argv):
   with cli.user_errors(extra=(SweepError,)):
     module = load_sweep_file(FLAGS["config"].config_filename)
     name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
+    _check_mesh(FLAGS.config)
     if hasattr(module, "get_search_space"):
       from hptransfer import search
       if FLAGS.num_workers != 1 or FLAGS.dry_run:
@@ -473,8 +486,7 @@ def run_cli():
   flags.DEFINE_float("memory_gb", 0.0, "memory budget per group (0: 60% of the device, 4 GiB on CPU)")
   flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
   flags.mark_flags_as_required(["workdir"])
-  if "--multihost" in sys.argv or "--multihost=true" in sys.argv:
-    jax.distributed.initialize()
+  cli.init_distributed()
   cli.run_app(main, __doc__)
 
 

@@ -38,6 +38,7 @@ from hptransfer import configlib
 from hptransfer import optim
 from hptransfer import perf
 from hptransfer import provenance
+from hptransfer import sharding
 from hptransfer import step as step_lib
 from hptransfer import tracking
 from hptransfer.grid import flatten as grid_flatten
@@ -54,10 +55,12 @@ def init_state(p, tx, seed: int) -> dict:
 
 
 def load_checkpoint(cfg, workdir: str, step: int | None = None):
-  """The train state saved in ``workdir`` (latest step by default), as arrays."""
+  """The train state saved in ``workdir`` (latest step by default), as arrays,
+  laid out over ``cfg.mesh`` (which need not be the mesh it was saved from)."""
   p = build_lib.build(cfg)
   tx = optim.build(cfg.optimizer, p.leaf_trees(), cfg.train.steps)
   abstract = jax.eval_shape(lambda: init_state(p, tx, cfg.seed))
+  abstract = sharding.restore_target(abstract, sharding.Layout.of(cfg, p))
   mngr = ckpt.manager(os.path.join(workdir, "checkpoints"))
   try:
     return ckpt.restore(mngr, abstract, step)
@@ -73,7 +76,7 @@ def _warn(msg: str) -> None:
 def _change_run_length(state, start: int, steps: int, workdir: str):
   """A resumed run whose ``train.steps`` changed: its schedule gets the new
   length, and its final-loss tail restarts (the new tail is later)."""
-  old = int(optim.get_hparams(state["opt_state"])["steps"])
+  old = int(sharding.fetch(optim.get_hparams(state["opt_state"])["steps"]))
   if start > steps:
     raise configlib.ConfigError(
         f"{workdir} is at step {start}, beyond train.steps={steps}: a run can be "
@@ -102,8 +105,9 @@ def _dotted(d: dict, key: str):
 class _Log:
   """metrics.jsonl, truncated to the restored step on resume, plus wandb."""
 
-  def __init__(self, path: str, resume_step: int, wandb_run=None, mlflow_run=None):
-    self.path = path
+  def __init__(self, path: str, resume_step: int, wandb_run=None, mlflow_run=None,
+               write: bool = True):
+    self.path, self.writes = path, write
     rows = []
     if resume_step and os.path.exists(path):
       with open(path) as f:
@@ -114,14 +118,17 @@ class _Log:
             break  # a torn last line from a kill
           if row["step"] <= resume_step:
             rows.append(row)
-    with open(path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
+    if write:
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     self.rows = rows
     self.wandb_run = wandb_run
     self.mlflow_run = mlflow_run
 
   def write(self, row: dict):
     self.rows.append(row)
+    if not self.writes:       # another process of a multi-host run writes the file
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     if self.wandb_run is not None:
@@ -157,6 +164,8 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   task.sha256                       # loads and checks the data, before any work too
   B, steps = cfg.train.batch_size, cfg.train.steps
   mm = perf.matmul_dtype(cfg)
+  layout = sharding.Layout.of(cfg, p)   # the mesh's checks, before any work too
+  primary = sharding.is_primary()
   cfg_json = json.loads(cfg.to_json_best_effort())
   cfg_path = os.path.join(workdir, "config.json")
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -185,26 +194,50 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   tx = optim.build(cfg.optimizer, p.leaf_trees(), steps)
   mngr = ckpt.manager(ckpt_dir)
   abstract = jax.eval_shape(lambda: init_state(p, tx, cfg.seed))
+  step_fn = step_lib.guarded_step_of(p, tx, cfg, cfg.train.log_leaf_rms)
+  eval_fn = step_lib.make_eval_step(p)
+  if layout is None:
+    put_batch = lambda b: b
+    train_step = perf.jit_step(step_fn, mm, donate_argnums=0)
+    eval_step = perf.jit_step(eval_fn, mm)
+    fresh_state = lambda: init_state(p, tx, cfg.seed)
+    abstract = sharding.restore_target(abstract, None)
+  else:
+    if primary and layout.note():
+      _warn(layout.note())
+    state_sh = layout.state(abstract)
+    abstract = sharding.with_shardings(abstract, state_sh)   # restores onto this mesh
+    consts = sharding.put_global(consts, lambda x: layout.rep)
+    put_batch = lambda b: sharding.put_global(b, lambda x: layout.batch)
+    train_step = perf.jit_step(step_fn, mm, donate_argnums=0,
+                               in_shardings=(state_sh, layout.rep, layout.batch),
+                               out_shardings=(state_sh, layout.rep))
+    eval_step = perf.jit_step(eval_fn, mm, in_shardings=(state_sh["params"], layout.rep,
+                                                         layout.batch),
+                              out_shardings=layout.rep)
+    fresh_state = jax.jit(lambda: init_state(p, tx, cfg.seed), out_shardings=state_sh)
+  get = sharding.fetch
   state, start = ckpt.restore_latest_good(mngr, abstract, log=_warn, what=f"run {workdir}")
   if state is None:
-    state = init_state(p, tx, cfg.seed)
-  elif int(optim.get_hparams(state["opt_state"])["steps"]) != steps:
+    state = fresh_state()
+  elif int(get(optim.get_hparams(state["opt_state"])["steps"])) != steps:
     state = _change_run_length(state, start, steps, workdir)
+    if layout is not None:
+      state = jax.device_put(state, state_sh)
   # Written once the restore has succeeded (or there was nothing to restore).
-  with open(cfg_path, "w") as f:
-    json.dump({"config": cfg_json, "data_sha256": task.sha256, "num_params": p.num_params(),
-               "versions": provenance.versions(mm)}, f, indent=1)
-  log = _Log(os.path.join(workdir, "metrics.jsonl"), start, _start_wandb(cfg, workdir),
-             tracking.RunLogger(cfg, workdir, grid_flatten(cfg_json)))
-
-  train_step = perf.jit_step(step_lib.guarded_step_of(p, tx, cfg, cfg.train.log_leaf_rms),
-                             mm, donate_argnums=0)
-  eval_step = perf.jit_step(step_lib.make_eval_step(p), mm)
+  if primary:
+    with open(cfg_path, "w") as f:
+      json.dump({"config": cfg_json, "data_sha256": task.sha256, "num_params": p.num_params(),
+                 "versions": provenance.versions(mm)}, f, indent=1)
+  log = _Log(os.path.join(workdir, "metrics.jsonl"), start,
+             _start_wandb(cfg, workdir) if primary else None,
+             tracking.RunLogger(cfg, workdir, grid_flatten(cfg_json)) if primary else None,
+             write=primary)
   sched = optim.schedule(cfg.optimizer, steps)
 
   def evaluate(params):
-    ms = jax.device_get([eval_step(params, consts, task.batch(cfg.data.seed, i, B, "val"))
-                         for i in range(cfg.train.eval_batches)])
+    ms = get([eval_step(params, consts, put_batch(task.batch(cfg.data.seed, i, B, "val")))
+              for i in range(cfg.train.eval_batches)])
     return {f"eval_{k}": float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
   bar = None
@@ -217,7 +250,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
 
   def flush(item):
     s, m = item
-    m = jax.device_get(m)
+    m = get(m)
     loss = float(m["loss"])
     recent.append(loss)
     del recent[:-10]
@@ -232,9 +265,9 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
       bar.update(1)
       bar.set_postfix(loss=f"{loss:.4f}")
 
-  alive = bool(state["alive"])
+  alive = bool(get(state["alive"]))
   for step in range(start, steps if alive else start):
-    batch = task.batch(cfg.data.seed, step, B)
+    batch = put_batch(task.batch(cfg.data.seed, step, B))
     state, metrics = train_step(state, consts, batch)
     if pending is not None:
       flush(pending)
@@ -242,12 +275,12 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
     done = step + 1
     # One step late as well: the guard's verdict on the previous step.
     if done % cfg.train.log_every == 0 or done == steps or done % 10 == 0:
-      if not bool(jax.device_get(state["alive"])):
+      if not bool(get(state["alive"])):
         break
     if done % cfg.train.eval_every == 0 or done == steps:
       flush(pending)
       pending = None
-      if bool(jax.device_get(state["alive"])):
+      if bool(get(state["alive"])):
         log.write({"step": done, **evaluate(state["params"])})
         if progress:
           from tqdm.auto import tqdm
@@ -265,7 +298,7 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   if bar is not None:
     bar.close()
 
-  final = jax.device_get({k: state[k] for k in ("step",) + step_lib.GUARD_KEYS})
+  final = get({k: state[k] for k in ("step",) + step_lib.GUARD_KEYS})
   diverged = not bool(final["alive"])
   evals = [r for r in log.rows if "eval_loss" in r]
   trained = int(final["step"])
@@ -280,6 +313,10 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
       "diverged_step": int(final["diverged_step"]) if diverged else None,
       "num_params": p.num_params(),
       "tokens": trained * B * task.examples_per_batch_row,
+      "mesh": layout.axis_sizes if layout is not None else dict.fromkeys(sharding.AXES, 1),
+      "param_bytes_per_device": sharding.bytes_per_device(state["params"]),
+      "opt_state_bytes_per_device": sharding.bytes_per_device(state["opt_state"]),
+      "processes": jax.process_count(),
       "data_sha256": task.sha256,
       "wall_s": time.time() - t_start,
       "metrics": os.path.abspath(log.path),
@@ -288,10 +325,11 @@ def train(cfg, workdir: str, progress: bool = True) -> dict[str, Any]:
   for k in sorted(evals[-1] if evals else {}):
     if k.startswith("eval_") and k != "eval_loss":
       summary[f"final_{k}"] = evals[-1][k] if not diverged else None
-  tmp = summary_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(tmp, summary_path)
+  if primary:
+    tmp = summary_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(summary, f, indent=1)
+    os.replace(tmp, summary_path)
   if log.mlflow_run is not None:
     log.mlflow_run.finish(summary)
   if log.wandb_run is not None:
@@ -317,7 +355,11 @@ def run_cli():
   from absl import flags
   cli.config_flag()
   flags.DEFINE_string("workdir", None, "output directory (resumes if it exists)")
+  flags.DEFINE_bool("multihost", False,
+                    "one run over several processes: jax.distributed.initialize() first "
+                    "(SLURM and other launchers are detected; docs/training.md)")
   flags.mark_flags_as_required(["workdir"])
+  cli.init_distributed()
   cli.run_app(main, __doc__)
 
 
