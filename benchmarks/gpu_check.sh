@@ -34,7 +34,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke bench mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer} "
+STAGES=" ${STAGES:-smoke mesh_step bench mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -90,6 +90,14 @@ if want smoke && ! stage smoke 120 "${SMOKE[@]}"; then
   fi
 fi
 tail -2 "$W/logs/smoke"*.log 2>/dev/null
+
+# --- 1. issue 19's anchor: the width-2048 depth-8 step against a plain JAX step ----------
+# (turn 1: 40.9 ms plain against this project's 45.7 ms on an H100, 0.89x; goal >= 1.0x).
+# The 32-vmapped-trials-against-one row (goal >= 4x) is in the bench table below.
+want mesh_step && stage mesh_step 150 $PY benchmarks/mesh_step.py --plain --width 2048 --depth 8 \
+    --batch 8 --seq 1024 --head_dim 128 --dtype bf16 --attention cudnn --steps 20 --warmup 5 \
+    --out "$W/bench/mesh_step_gpu.json"
+grep '^{' "$W/logs/mesh_step.log" 2>/dev/null
 
 # --- 1a. training-step table: MFU at width 2048, vmapped width-128 trials, torch ----------
 want bench && stage bench "${BENCH_LIMIT:-330}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \

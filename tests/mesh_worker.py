@@ -20,6 +20,40 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 SHAPES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
 
+# A model of a user's own, with tensor rules for its MLP pair.
+USER_MODEL = """
+import flax.linen as nn
+
+class TinyLM(nn.Module):
+  width: int
+  vocab_size: int
+
+  @nn.compact
+  def __call__(self, tokens, branch_mult=1.0):
+    x = nn.Embed(self.vocab_size, self.width, name="embed")(tokens)
+    h = nn.relu(nn.Dense(2 * self.width, name="up")(x))
+    x = x + branch_mult * nn.Dense(self.width, name="down")(h)
+    return nn.Dense(self.vocab_size, name="head")(nn.LayerNorm(name="norm")(x))
+
+def make_model(width, vocab_size):
+  return TinyLM(width=width, vocab_size=vocab_size)
+"""
+USER_RULES = ((r"up/kernel$", 1), (r"up/bias$", 0), (r"down/kernel$", 0))
+
+
+def user_config(shape, module_dir):
+  if module_dir not in sys.path:
+    sys.path.insert(0, module_dir)
+  cfg = config(shape, **{"model.module": "mesh_user_model:make_model"})
+  cfg.mesh.tensor_rules = USER_RULES
+  return cfg
+
+
+def write_user_model(module_dir):
+  os.makedirs(module_dir, exist_ok=True)
+  with open(os.path.join(module_dir, "mesh_user_model.py"), "w") as f:
+    f.write(USER_MODEL)
+
 
 def config(shape, **overrides):
   from conftest import tiny_config
@@ -72,6 +106,14 @@ def meshes(out, base):
                                    "train.checkpoint_every": 10}),
               os.path.join(base, "resumed"), progress=False)
   res["resumed_losses"] = losses(os.path.join(base, "resumed"))
+  # A user's model with its own tensor rules, under (1, 4, 2).
+  module_dir = os.path.join(base, "user_model")
+  write_user_model(module_dir)
+  wd = os.path.join(base, "user_1x4x2")
+  cfg = user_config((1, 4, 2), module_dir)
+  train.train(cfg, wd, progress=False)
+  res["user"] = {"losses": losses(wd),
+                 "param_fractions": fractions(train.load_checkpoint(cfg, wd)["params"])}
   # SP and muP at the base width, under (2, 2, 2).
   params = {}
   for name in ("sp", "mup"):

@@ -38,3 +38,24 @@ def test_vmapped_table_row_steps_every_trial():
   assert np.asarray(m1["loss"]).shape == (3,)
   moved = np.asarray(m1["loss"]) - np.asarray(m2["loss"])
   assert len(set(np.round(moved, 6))) == 3          # three LRs, three different steps
+
+
+def test_plain_jax_anchor_trains_the_same_shape(tmp_path):
+  """``mesh_step.py --plain``: the plain JAX step is a real training step of
+  the same model shape (its loss starts near ln 256 and falls), and the row
+  compares it with the project's step."""
+  import json
+  import mesh_step
+  args = mesh_step.parser().parse_args(["--width", "32", "--depth", "1", "--batch", "4",
+                                        "--seq", "16", "--head_dim", "16"])
+  plain = mesh_step.plain_step(args)
+  losses = [float(plain()) for _ in range(6)]
+  assert abs(losses[0] - np.log(256)) < 1.0
+  assert losses[-1] < losses[0] - 0.05
+  out = tmp_path / "row.json"
+  mesh_step.main(["--plain", "--width", "32", "--depth", "1", "--batch", "4", "--seq", "16",
+                  "--head_dim", "16", "--steps", "3", "--warmup", "1", "--out", str(out)])
+  row = json.load(open(out))["rows"][0]
+  assert row["step_ms"] > 0 and row["plain_step_ms"] > 0
+  lo, hi = row["vs_plain_quartiles"]
+  assert lo <= row["vs_plain"] <= hi

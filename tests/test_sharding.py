@@ -187,7 +187,11 @@ def runs(tmp_path_factory):
   cfg10 = mesh_worker.config((1, 1, 1), **{"train.steps": 10, "train.eval_every": 10,
                                            "train.checkpoint_every": 10})
   train.train(cfg10, str(wd / "ten"), progress=False)
+  mesh_worker.write_user_model(str(wd / "user_model"))
+  train.train(mesh_worker.user_config((1, 1, 1), str(wd / "user_model")), str(wd / "user"),
+              progress=False)
   single = {"five": mesh_worker.losses(str(wd / "five")),
+            "user": mesh_worker.losses(str(wd / "user")),
             "ten": mesh_worker.losses(str(wd / "ten")),
             "params": train.load_checkpoint(cfg, str(wd / "five"))["params"],
             "abstract": build_lib.build(cfg).abstract_params()}
@@ -237,6 +241,15 @@ def test_each_leaf_holds_its_fraction(mesh_runs, single_device):
   one = mesh_runs["shapes"]["8x1x1"]["summary"]["param_bytes_per_device"]
   four = mesh_runs["shapes"]["2x4x1"]["summary"]["param_bytes_per_device"]
   assert four == pytest.approx(one / 4)
+
+
+def test_a_user_model_shards_by_its_own_rules(mesh_runs, single_device):
+  """FSDP and the user's tensor rules on a model from outside the package:
+  the losses of one device, and each leaf split as its rules say."""
+  np.testing.assert_allclose(mesh_runs["user"]["losses"], single_device["user"], rtol=2e-5)
+  frac = mesh_runs["user"]["param_fractions"]
+  assert frac["up/kernel"] == frac["down/kernel"] == pytest.approx(1 / 8)   # tensor x fsdp
+  assert frac["head/kernel"] == frac["embed/embedding"] == pytest.approx(1 / 4)   # fsdp
 
 
 def test_a_checkpoint_restores_under_another_mesh(mesh_runs, single_device):
