@@ -61,7 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
                                       #   x m_width^-1 m_depth^-alpha)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"          # sgd | adam | adamw | adam_atan2 | lion
+  c.optimizer.name = "adamw"          # sgd | adam | adamw | adam_atan2 | lion | muon |
+                                      #   muon_spectral (Muon on hidden matrices)
   c.optimizer.lr = 2.0 ** -7          # global (base-shape) peak learning rate
   c.optimizer.weight_decay = 0.0
   c.optimizer.weight_decay_mode = "coupled"  # coupled: p -= lr*wd*p (AdamW);
@@ -76,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0        # linear warmup (all schedules)
   c.optimizer.decay_fraction = 0.2    # wsd: final fraction of steps that decays
   c.optimizer.final_lr_ratio = 0.0    # cosine/wsd/linear end at lr * this
+  c.optimizer.muon_beta = 0.95        # muon / muon_spectral: momentum of the matrices
+  c.optimizer.ns_steps = 5            #   and their Newton-Schulz steps
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600

@@ -147,7 +147,8 @@ class Parameterized:
           "make the factory's `width` argument set the hidden sizes")
     opt = optim.get(optimizer_name)
     self.table = P.build_table(name, knobs, opt.family, opt.has_eps, weight_decay_mode,
-                               target, base, delta, depth or 1, width)
+                               target, base, delta, depth or 1, width,
+                               muon_scale=opt.muon_scale or "rms")
 
   # -- building ---------------------------------------------------------------
 

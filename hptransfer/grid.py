@@ -146,7 +146,8 @@ class Group:
 # ids, and with them resuming a workdir and matching the committed rows, stay
 # what they were (tests/test_trial_ids.py).
 ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name": "lm",
-                       "model.dropout": 0.0, "parameterization.eps_rule": "none"}
+                       "model.dropout": 0.0, "parameterization.eps_rule": "none",
+                       "optimizer.muon_beta": 0.95, "optimizer.ns_steps": 5}
 
 
 def trial_id(cfg) -> str:

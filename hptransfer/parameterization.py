@@ -88,8 +88,15 @@ class Rule:
   forward: tuple[float, float]   # forward multiplier
   lr_sgd: tuple[float, float]
   lr_adam: tuple[float, float]
+  # Muon on a hidden matrix, by width convention (hptransfer/optim/muon.py):
+  # RMS-matched (x 0.2 sqrt(max fan)) and spectral (x sqrt(fan_out/fan_in)).
+  # None: the parameterization has no Muon rule for this role.
+  lr_muon: tuple[float, float] | None = None
+  lr_muon_spectral: tuple[float, float] | None = None
 
-  def lr(self, family: str) -> tuple[float, float]:
+  def lr(self, family: str, update: str = "", muon_scale: str = "rms"):
+    if update == "muon":
+      return self.lr_muon if muon_scale == "rms" else self.lr_muon_spectral
     return self.lr_sgd if family == "sgd" else self.lr_adam
 
 
@@ -177,12 +184,12 @@ def depth_exponents(alpha: float, family: str) -> dict[str, float]:
   """Exponents of d = depth/base_depth for leaves inside residual blocks."""
   if alpha == 0:
     return {"branch": 0.0, "lr": 0.0, "eps": 0.0}
-  lr = (alpha - 1.0) if family == "adam" else (2.0 * alpha - 1.0)
+  lr = (alpha - 1.0) if family in ("adam", "muon") else (2.0 * alpha - 1.0)
   return {"branch": -alpha, "lr": lr, "eps": -alpha}
 
 
 DESCRIBE_KEYS = ("path", "shape", "role", "fan_in_mult", "fan_out_mult",
-                 "init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")
+                 "init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult", "update")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +206,7 @@ class Leaf:
   eps_mult: float | None   # what multiplies Adam's epsilon (None: no epsilon)
   in_block: bool
   lookup: bool             # an embedding table (one-hot input)
+  update: str = ""         # which direction updates it: the family's, or "muon"
 
   def row(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -317,11 +325,20 @@ def check_eps_rule(rule: str, has_eps: bool, optimizer: str = "this optimizer") 
 def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
                 weight_decay_mode: str, target: Mapping[str, tuple],
                 base: Mapping[str, tuple], delta: Mapping[str, tuple],
-                depth: int, width: int | None = None) -> dict[str, Leaf]:
+                depth: int, width: int | None = None,
+                muon_scale: str = "rms") -> dict[str, Leaf]:
   """Per-leaf scales of one model under parameterization ``name``, for an
   optimizer of ``family`` (``hptransfer.optim``).  ``width`` (the model's)
-  is needed by ``eps_rule="completep"``."""
+  is needed by ``eps_rule="completep"``.  Under the ``muon`` family a hidden
+  leaf of two dims is Muon's (``update="muon"``: its LR by ``Rule.lr_muon``
+  or ``lr_muon_spectral`` as ``muon_scale`` says, no epsilon) and every other
+  leaf Adam's."""
   rules_by_role = get(name).rules
+  if family == "muon" and float(knobs.alpha):
+    raise ParameterizationError(
+        f"parameterization.alpha={knobs.alpha} with Muon: depth rules for Muon's "
+        "orthogonalised updates are not derived here; use alpha=0 (or an Adam-family "
+        "optimizer for depth transfer)")
   check_eps_rule(knobs.eps_rule, has_eps)
   if knobs.eps_rule == "completep" and width is None:
     raise ParameterizationError("eps_rule='completep' needs the model's width")
@@ -356,7 +373,15 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
     if lookup and role == "input":
       forward *= knobs.embed_mult
 
-    lr = _power(m_in, m_out, rule.lr(family))
+    update = family
+    if family == "muon":
+      update = "muon" if role == "hidden" and len(shape) == 2 else "adam"
+    exps = rule.lr(family, update, muon_scale)
+    if exps is None:
+      raise ParameterizationError(
+          f"parameterization.name={name!r} has no Muon rule for {role} leaves ({path}); "
+          "give its Rule lr_muon / lr_muon_spectral, or pick sp or mup")
+    lr = _power(m_in, m_out, exps)
     eps = 1.0
     if in_block and dexp["lr"]:
       lr *= d ** dexp["lr"]
@@ -383,8 +408,8 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
     table[path] = Leaf(path=path, shape=tuple(shape), role=role,
                        fan_in_mult=m_in, fan_out_mult=m_out, init_std=init_std,
                        forward_mult=forward, lr_mult=lr, wd_mult=wd,
-                       eps_mult=eps if has_eps else None, in_block=in_block,
-                       lookup=lookup)
+                       eps_mult=eps if has_eps and update != "muon" else None,
+                       in_block=in_block, lookup=lookup, update=update)
   if dexp["branch"] and not any(l.in_block for l in table.values()):
     raise ParameterizationError(
         f"parameterization.alpha={knobs.alpha} needs residual blocks, but no leaf "
@@ -426,9 +451,16 @@ def _tree_from_table(params_like, table: Mapping[str, Leaf], field: str, dtype=j
 
 
 def leaf_trees(params_like, table: Mapping[str, Leaf]) -> dict[str, Any]:
-  """The per-leaf scalars as pytrees shaped like params (for jit/vmap)."""
-  return {f: _tree_from_table(params_like, table, f)
-          for f in ("init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")}
+  """The per-leaf scalars as pytrees shaped like params (for jit/vmap); with
+  Muon also ``labels``, a static tree of ``"muon"`` / ``"adam"`` strings."""
+  out = {f: _tree_from_table(params_like, table, f)
+         for f in ("init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")}
+  if any(leaf.update == "muon" for leaf in table.values()):
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params_like)
+    out["labels"] = jax.tree_util.tree_unflatten(
+        treedef, ["muon" if table[path_str(p)].update == "muon" else "adam"
+                  for p, _ in leaves])
+  return out
 
 
 def init_params(model_init: Callable, rng, init_std):

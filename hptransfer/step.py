@@ -195,10 +195,12 @@ def init_group(builts, cfgs) -> dict:
   """
   b0, ocfg0 = builts[0], cfgs[0].optimizer
   init_fn = b0.init_fn()
+  # Muon's update labels are static (strings), the same for every trial.
+  static = {k: v for k, v in b0.leaf_trees().items() if k == "labels"}
 
   def init_one(key, stds, hp, mults, steps):
     params = init_fn(jax.random.wrap_key_data(key), stds)
-    return params, optim.build(ocfg0, mults, steps, hp).init(params)
+    return params, optim.build(ocfg0, {**mults, **static}, steps, hp).init(params)
 
   keys = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in cfgs])
   stds = stack([b.leaf_trees()["init_std"] for b in builts])

@@ -214,12 +214,14 @@ def test_every_optimizer_keeps_its_numbers_in_its_state(name):
             schedule="cosine", warmup_steps=1, final_lr_ratio=0.5, b1=0.5, b2=0.9, eps=1e-3)
   mults_a = _ones(PARAMS)
   mults_b = {k: jax.tree_util.tree_map(lambda x: 2.0 * x, v) for k, v in mults_a.items()}
-  tx_a = optim.build(a, mults_a, 10)
-  tx_b = optim.build(b, mults_b, 7)
+  # Muon's static routing: the matrix to Newton-Schulz, the vector to Adam.
+  static = {"labels": {"w": "muon", "b": "adam"}} if spec.family == "muon" else {}
+  tx_a = optim.build(a, {**mults_a, **static}, 10)
+  tx_b = optim.build(b, {**mults_b, **static}, 7)
   # Initialised inside a vmap with b's numbers as traced inputs, as init_group does.
   hp_b = {k: jnp.asarray([v], jnp.float32) for k, v in optim.hparams(b).items()}
   mults_b1 = jax.tree_util.tree_map(lambda x: x[None], mults_b)
-  init = jax.vmap(lambda p, hp, m, s: optim.build(a, m, s, hp).init(p))
+  init = jax.vmap(lambda p, hp, m, s: optim.build(a, {**m, **static}, s, hp).init(p))
   state = jax.tree_util.tree_map(lambda x: x[0], init(
       jax.tree_util.tree_map(lambda x: x[None], PARAMS), hp_b, mults_b1, jnp.asarray([7])))
   ref_state = tx_b.init(PARAMS)

@@ -37,7 +37,7 @@ from hptransfer.optim.schedules import SCHEDULE_HPARAMS, SCHEDULES
 from hptransfer.optim.transforms import (WEIGHT_DECAY_MODES, HpState, add_l2, divide_by_leaf,
                                          find, scale_by_lr_and_decay)
 
-FAMILIES = ("sgd", "adam")
+FAMILIES = ("sgd", "adam", "muon")
 COMMON_HPARAMS = ("lr", "weight_decay") + SCHEDULE_HPARAMS
 
 
@@ -45,7 +45,8 @@ COMMON_HPARAMS = ("lr", "weight_decay") + SCHEDULE_HPARAMS
 # writes the same values out, commented; a test checks they agree).
 DEFAULTS = dict(name="adamw", lr=2.0 ** -7, weight_decay=0.0, weight_decay_mode="coupled",
                 b1=0.9, b2=0.95, eps=1e-8, nesterov=False, grad_clip=0.0,
-                schedule="constant", warmup_steps=0, decay_fraction=0.2, final_lr_ratio=0.0)
+                schedule="constant", warmup_steps=0, decay_fraction=0.2, final_lr_ratio=0.0,
+                muon_beta=0.95, ns_steps=5)
 
 
 class OptimizerError(ValueError):
@@ -61,7 +62,10 @@ class Optimizer:
   traced) and be kept in its state.  ``hparams`` are the ``optimizer.*`` config
   fields it reads from ``hp`` (beyond ``COMMON_HPARAMS``); they are vmapped
   values in sweeps.  ``checks`` validate the ``optimizer`` config section
-  (domains, not only types) and raise ``OptimizerError``.
+  (domains, not only types) and raise ``OptimizerError``.  The ``muon``
+  family's direction also gets the static tree of update labels
+  (``"muon"`` / ``"adam"`` per leaf, ``Parameterized.leaf_trees()["labels"]``),
+  and ``muon_scale`` names its width convention (``rms`` or ``spectral``).
   """
   name: str
   family: str
@@ -70,6 +74,7 @@ class Optimizer:
   has_eps: bool = False
   checks: tuple[Callable, ...] = ()
   doc: str = ""
+  muon_scale: str = ""
 
 
 REGISTRY: dict[str, Optimizer] = {}
@@ -158,7 +163,7 @@ def build(ocfg, mults: dict, total_steps, hp: dict | None = None) -> optax.Gradi
   """The optimizer of an ``optimizer`` config section.
 
   ``mults``: trees ``lr_mult``, ``wd_mult``, ``eps_mult`` shaped like params
-  (``Parameterized.leaf_trees()``).  ``hp`` overrides the numbers of ``ocfg``
+  (``Parameterized.leaf_trees()``), and for Muon the static ``labels`` tree.  ``hp`` overrides the numbers of ``ocfg``
   (``hparams``); they and ``total_steps`` may be traced.
   """
   opt = get(ocfg.name)
@@ -170,7 +175,10 @@ def build(ocfg, mults: dict, total_steps, hp: dict | None = None) -> optax.Gradi
     parts.append(add_l2(hp["weight_decay"], mults["wd_mult"]))
   if opt.has_eps:
     parts.append(divide_by_leaf(mults["eps_mult"]))
-  parts.append(opt.direction(ocfg, hp))
+  if opt.family == "muon":
+    parts.append(opt.direction(ocfg, hp, mults.get("labels")))
+  else:
+    parts.append(opt.direction(ocfg, hp))
   parts.append(scale_by_lr_and_decay(hp, mults["lr_mult"], mults["wd_mult"], total_steps,
                                      ocfg.schedule, ocfg.weight_decay_mode))
   return optax.chain(*parts)

@@ -19,17 +19,27 @@ _CONST = Rule(init=_NONE, forward=_NONE, lr_sgd=_NONE, lr_adam=_NONE)
 _VECTOR_MUP = Rule(init=_NONE, forward=_NONE, lr_sgd=(0.0, 1.0), lr_adam=_NONE)
 _INPUT_MUP = Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=(0.0, 1.0), lr_adam=_NONE)
 _OUTPUT_MUP = Rule(init=_NONE, forward=(-1.0, 0.0), lr_sgd=(1.0, 0.0), lr_adam=_NONE)
-_NTK_MATRIX = Rule(init=_NONE, forward=(-0.5, 0.0), lr_sgd=_NONE, lr_adam=_NONE)
+_NTK_MATRIX = Rule(init=_NONE, forward=(-0.5, 0.0), lr_sgd=_NONE, lr_adam=_NONE,
+                   lr_muon=_NONE, lr_muon_spectral=_NONE)
+# Muon (hidden matrices; hptransfer/optim/muon.py).  RMS-matched Muon's update
+# has spectral norm ~ 0.2 sqrt(max fan) x LR, growing as sqrt(m): muP divides
+# the LR by sqrt(m_in).  Spectral Muon's is sqrt(fan_out/fan_in) x LR, already
+# muP's size: no correction.  SP and NTK correct nothing.  MF's hidden forward
+# multiplier m^-1/2 is muP's up to the abc symmetry, which for a scale-invariant
+# update multiplies the LR by m^1/2.
+_SP_HIDDEN = Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=_NONE, lr_adam=_NONE,
+                  lr_muon=_NONE, lr_muon_spectral=_NONE)
 
 register(Parameterization(
     name="sp", attention="sqrt", doc="standard parameterization",
-    rules={"input": _SP_MATRIX, "hidden": _SP_MATRIX, "output": _SP_MATRIX,
+    rules={"input": _SP_MATRIX, "hidden": _SP_HIDDEN, "output": _SP_MATRIX,
            "vector": _CONST, "scalar": _CONST}))
 register(Parameterization(
     name="mup", attention="linear", doc="maximal update parameterization (microsoft/mup)",
     rules={"input": _INPUT_MUP,
            "hidden": Rule(init=(-0.5, 0.0), forward=_NONE, lr_sgd=(-1.0, 1.0),
-                          lr_adam=(-1.0, 0.0)),
+                          lr_adam=(-1.0, 0.0), lr_muon=(-0.5, 0.0),
+                          lr_muon_spectral=_NONE),
            "output": _OUTPUT_MUP, "vector": _VECTOR_MUP, "scalar": _CONST}))
 register(Parameterization(
     name="ntk", attention="sqrt", doc="neural tangent parameterization, global LR",
@@ -39,5 +49,5 @@ register(Parameterization(
     name="mf", attention="linear", doc="mean-field abc with muP-equivalent per-layer LRs",
     rules={"input": _INPUT_MUP,
            "hidden": Rule(init=_NONE, forward=(-0.5, 0.0), lr_sgd=(0.0, 1.0),
-                          lr_adam=(-0.5, 0.0)),
+                          lr_adam=(-0.5, 0.0), lr_muon=_NONE, lr_muon_spectral=(0.5, 0.0)),
            "output": _OUTPUT_MUP, "vector": _VECTOR_MUP, "scalar": _CONST}))
