@@ -59,6 +59,24 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   return res
 
 
+def _adam_reference(preset: str) -> str:
+  """tp5_fig1's muP slope (Adam, same preset) from its committed JSON, if any."""
+  import json
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                      "experiments", "tp5_fig1", "tp5_fig1.json")
+  try:
+    with open(path) as f:
+      ref = json.load(f)
+    mup = ref["groups"]["mup"]
+  except (OSError, KeyError, ValueError):
+    return ""
+  if ref.get("preset") != preset or "slope_ci" not in mup:
+    return ""
+  lo, hi = mup["slope_ci"]
+  return (f" Adam under muP on the same preset (tp5_fig1): {mup['slope']:+.2f} "
+          f"[{lo:+.2f}, {hi:+.2f}].")
+
+
 def note(res) -> str:
   sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
   fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"
@@ -68,6 +86,10 @@ def note(res) -> str:
                    if w[g]["fraction"] is not None else "n/a")
   ok_sp, ok_mup = common.width_verdict(res)
   st = res["settings"]
+  residual = ""
+  if "slope_ci" in mup and not (mup["slope_ci"][0] <= 0 <= mup["slope_ci"][1]):
+    residual = (f"muP's fitted slope, {mup['slope']:+.2f}, has a 95% interval that excludes 0: "
+                "a residual drift remains." + _adam_reference(res["preset"]))
   return f"""# Muon across width: SP against muP — preset `{res['preset']}`
 
 ![loss against log2 LR]({NAME}_loss_vs_hp.png)
@@ -88,7 +110,7 @@ Expected: under SP the hidden updates' spectral norm grows as sqrt(width)
 and the readout's Adam update as width, so the optimum should fall; muP's
 rule (hidden LR / sqrt(m), muP's readout) should hold it.  Here: SP's optimum
 {'drifts by at least 2 grid steps' if ok_sp else 'does NOT drift by 2 grid steps over this width range'}; muP's
-{'stays within 1 grid step' if ok_mup else 'moves by MORE than 1 grid step'}.
+{'stays within 1 grid step' if ok_mup else 'moves by MORE than 1 grid step'}. {residual}
 {'' if res['fit_error'] is None else 'Fit: ' + res['fit_error']}
 {chr(10).join('Warning: ' + w for w in res['warnings'])}
 """
