@@ -29,23 +29,39 @@ NAME = "muon_transfer"
 PRESETS = tp5_fig1.PRESETS
 
 
-def config(p):
+OVERRIDES = {"optimizer.name": "muon"}
+TITLE = ("Muon (hidden matrices) + Adam (the rest) on the byte corpus: final train loss "
+         "against learning rate per width")
+LABEL = "Muon"
+ABOUT = """Muon (RMS-matched: the orthogonalised update x 0.2 sqrt(max fan)) on
+the hidden matrices, Adam on the rest."""
+EXPECTED = """Expected: under SP the hidden updates' spectral norm grows as sqrt(width)
+and the readout's Adam update as width, so the optimum should fall; muP's
+rule (hidden LR / sqrt(m), muP's readout) should hold it."""
+
+
+def config(p, overrides=None):
   return common.base_config(p, **{"parameterization.base_width": p["base"],
-                                  "optimizer.name": "muon"})
+                                  **(OVERRIDES if overrides is None else overrides)})
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
-  p = PRESETS[preset]
-  df = common.run_sweep(config(p), product(
+  return width_transfer(NAME, PRESETS[preset], preset, workdir, out, progress, OVERRIDES,
+                        TITLE, LABEL, ABOUT, EXPECTED)
+
+
+def width_transfer(name, p, preset, workdir, out, progress, overrides, title, label, about,
+                   expected) -> dict:
+  """SP against muP over widths and LRs with one optimizer (``overrides``):
+  the sweep, the fitted slopes, the figure and a note."""
+  df = common.run_sweep(config(p, overrides), product(
       sweep("parameterization.name", ["sp", "mup"]), sweep("model.width", p["widths"]),
       sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
   res = common.transfer_analysis(df, "model.width", "optimizer.lr", "final_train_loss",
-                                 "parameterization.name", out, NAME,
-                                 title="Muon (hidden matrices) + Adam (the rest) on the byte "
-                                       "corpus: final train loss against learning rate per width")
+                                 "parameterization.name", out, name, title=title)
   sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
   res.update({
-      "experiment": NAME, "preset": preset,
+      "experiment": name, "preset": preset, "optimizer": dict(overrides),
       "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
       "sweep_wall_s": common.group_seconds(df), "machine": common.machine(),
       "sp_optimum_drift_grid_steps": sp.get("argmin_drift_grid_steps"),
@@ -54,8 +70,8 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
           g: common.wider_is_better(df, "optimizer.lr", "final_train_loss",
                                     "parameterization.name", g) for g in ("sp", "mup")},
   })
-  common.write_json(out, NAME, res)
-  common.write_note(out, NAME, note(res))
+  common.write_json(out, name, res)
+  common.write_note(out, name, note(res, name, label, about, expected))
   return res
 
 
@@ -73,11 +89,11 @@ def _adam_reference(preset: str) -> str:
   if ref.get("preset") != preset or "slope_ci" not in mup:
     return ""
   lo, hi = mup["slope_ci"]
-  return (f" Adam under muP on the same preset (tp5_fig1): {mup['slope']:+.2f} "
-          f"[{lo:+.2f}, {hi:+.2f}].")
+  return (f"Adam on the same preset (tp5_fig1): muP's optima {common.fmt_optima(mup)}, "
+          f"slope {mup['slope']:+.2f} [{lo:+.2f}, {hi:+.2f}].")
 
 
-def note(res) -> str:
+def note(res, name=NAME, label=LABEL, about=ABOUT, expected=EXPECTED) -> str:
   sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
   fmt = lambda x: "n/a" if x is None else f"{x:+.2f}"
   s = common.fmt_slope
@@ -89,28 +105,27 @@ def note(res) -> str:
   residual = ""
   if "slope_ci" in mup and not (mup["slope_ci"][0] <= 0 <= mup["slope_ci"][1]):
     residual = (f"muP's fitted slope, {mup['slope']:+.2f}, has a 95% interval that excludes 0: "
-                "a residual drift remains." + _adam_reference(res["preset"]))
-  return f"""# Muon across width: SP against muP — preset `{res['preset']}`
+                "a residual drift remains.")
+  adam = _adam_reference(res["preset"])
+  return f"""# {label} across width: SP against muP — preset `{res['preset']}`
 
-![loss against log2 LR]({NAME}_loss_vs_hp.png)
+![loss against log2 LR]({name}_loss_vs_hp.png)
 
 Training loss (mean over the last 10% of steps) against log2 LR, widths
 {st['widths']}, base width {st['base']}, {st['steps']} steps of {st['batch']}×{st['seq']}
-bytes, one seed.  Muon (RMS-matched: the orthogonalised update x 0.2
-sqrt(max fan)) on the hidden matrices, Adam on the rest.  Sweep wall time
+bytes, one seed.  {about}  Sweep wall time
 {res['sweep_wall_s']:.0f} s on {res['machine']['where']}.  Same presets as
-tp5_fig1 (Adam), so the two figures compare on equal terms.
+tp5_fig1 (Adam) in widths, steps and data; LRs 2^{np.log2(st['lrs'][0]):.0f} to 2^{np.log2(st['lrs'][-1]):.0f}.
 
 | | grid-argmin optimum per width | drift across widths (grid steps of 2×) | slope d log2 lr*/d log2 width (95% CI) | LRs at which every wider model is better |
 | --- | --- | --- | --- | --- |
-| SP + Muon | {common.fmt_optima(sp) if sp else ''} | {fmt(res['sp_optimum_drift_grid_steps'])} | {s(sp) if sp else ''} | {wib('sp')} |
-| muP + Muon | {common.fmt_optima(mup) if mup else ''} | range {fmt(res['mup_optimum_range_grid_steps'])} | {s(mup) if mup else ''} | {wib('mup')} |
+| SP + {label} | {common.fmt_optima(sp) if sp else ''} | {fmt(res['sp_optimum_drift_grid_steps'])} | {s(sp) if sp else ''} | {wib('sp')} |
+| muP + {label} | {common.fmt_optima(mup) if mup else ''} | range {fmt(res['mup_optimum_range_grid_steps'])} | {s(mup) if mup else ''} | {wib('mup')} |
 
-Expected: under SP the hidden updates' spectral norm grows as sqrt(width)
-and the readout's Adam update as width, so the optimum should fall; muP's
-rule (hidden LR / sqrt(m), muP's readout) should hold it.  Here: SP's optimum
+{expected}  Here: SP's optimum
 {'drifts by at least 2 grid steps' if ok_sp else 'does NOT drift by 2 grid steps over this width range'}; muP's
 {'stays within 1 grid step' if ok_mup else 'moves by MORE than 1 grid step'}. {residual}
+{adam}
 {'' if res['fit_error'] is None else 'Fit: ' + res['fit_error']}
 {chr(10).join('Warning: ' + w for w in res['warnings'])}
 """

@@ -6,7 +6,8 @@ import os
 import pytest
 
 EXPERIMENTS = ["tp5_fig1", "coord_check_fig", "depth_transfer", "other_hps", "horizon",
-               "mutransfer_demo", "classification_transfer", "search_transfer", "muon_transfer"]
+               "mutransfer_demo", "classification_transfer", "search_transfer", "muon_transfer",
+               "lion_transfer"]
 # Run twice and compared (the rest run once: the engine's determinism is what
 # the twice-run ones and tests/test_sweep.py check; CI time is finite).
 TWICE = ("tp5_fig1", "mutransfer_demo")
