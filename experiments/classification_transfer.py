@@ -107,6 +107,4 @@ muP's {'stays within 1 grid step' if ok_mup else 'moves by MORE than 1 grid step
 
 if __name__ == "__main__":
   a = common.parse(NAME, PRESETS)
-  r = run(a.preset, a.workdir, a.out)
-  print(f"SP drift {r['sp_optimum_drift_grid_steps']} grid steps; muP range "
-        f"{r['mup_optimum_range_grid_steps']} grid steps; outputs in {a.out}")
+  common.print_width_verdict(run(a.preset, a.workdir, a.out), a.out)

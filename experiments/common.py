@@ -349,3 +349,40 @@ def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, o
                           k: v for k, v in r["validation"].items() if k != "held_out"}})
     result["groups"][fit.group_name(g)] = entry
   return result
+
+
+def width_transfer(name: str, p: dict, preset: str, workdir: str, out: str, note,
+                   progress: bool = True, overrides: dict | None = None,
+                   title: str = "") -> dict:
+  """Tensor Programs V's width sweep: SP against muP over ``p["widths"]`` x
+  ``p["lrs"]`` (base width ``p["base"]``), with ``overrides`` on the base
+  config (an optimizer, say).  Writes the figures, the JSON of the numbers
+  and ``note(res)``; returns the numbers."""
+  cfg = base_config(p, **{"parameterization.base_width": p["base"], **(overrides or {})})
+  df = run_sweep(cfg, sweep_lib.product(
+      sweep_lib.sweep("parameterization.name", ["sp", "mup"]),
+      sweep_lib.sweep("model.width", p["widths"]), sweep_lib.sweep("optimizer.lr", p["lrs"])),
+      workdir, progress=progress)
+  res = transfer_analysis(df, "model.width", "optimizer.lr", "final_train_loss",
+                          "parameterization.name", out, name, title=title)
+  sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
+  res.update({
+      "experiment": name, "preset": preset,
+      **({"optimizer": dict(overrides)} if overrides else {}),
+      "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
+      "sweep_wall_s": group_seconds(df), "machine": machine(),
+      "sp_optimum_drift_grid_steps": sp.get("argmin_drift_grid_steps"),
+      "mup_optimum_range_grid_steps": mup.get("argmin_range_grid_steps"),
+      "wider_is_better_at_fixed_lr": {
+          g: wider_is_better(df, "optimizer.lr", "final_train_loss",
+                             "parameterization.name", g) for g in ("sp", "mup")},
+  })
+  write_json(out, name, res)
+  write_note(out, name, note(res))
+  return res
+
+
+def print_width_verdict(res: dict, out: str) -> None:
+  """The one line a width experiment prints when it is done."""
+  print(f"SP drift {res['sp_optimum_drift_grid_steps']} grid steps; muP range "
+        f"{res['mup_optimum_range_grid_steps']} grid steps; outputs in {out}")

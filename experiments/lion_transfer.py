@@ -41,6 +41,4 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
 
 if __name__ == "__main__":
   a = common.parse(NAME, PRESETS)
-  r = run(a.preset, a.workdir, a.out)
-  print(f"SP drift {r['sp_optimum_drift_grid_steps']} grid steps; muP range "
-        f"{r['mup_optimum_range_grid_steps']} grid steps; outputs in {a.out}")
+  common.print_width_verdict(run(a.preset, a.workdir, a.out), a.out)

@@ -23,7 +23,6 @@ import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
 from experiments import tp5_fig1  # noqa: E402
-from hptransfer.sweep import product, sweep  # noqa: E402
 
 NAME = "muon_transfer"
 PRESETS = tp5_fig1.PRESETS
@@ -40,11 +39,6 @@ and the readout's Adam update as width, so the optimum should fall; muP's
 rule (hidden LR / sqrt(m), muP's readout) should hold it."""
 
 
-def config(p, overrides=None):
-  return common.base_config(p, **{"parameterization.base_width": p["base"],
-                                  **(OVERRIDES if overrides is None else overrides)})
-
-
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   return width_transfer(NAME, PRESETS[preset], preset, workdir, out, progress, OVERRIDES,
                         TITLE, LABEL, ABOUT, EXPECTED)
@@ -52,27 +46,11 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
 
 def width_transfer(name, p, preset, workdir, out, progress, overrides, title, label, about,
                    expected) -> dict:
-  """SP against muP over widths and LRs with one optimizer (``overrides``):
-  the sweep, the fitted slopes, the figure and a note."""
-  df = common.run_sweep(config(p, overrides), product(
-      sweep("parameterization.name", ["sp", "mup"]), sweep("model.width", p["widths"]),
-      sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
-  res = common.transfer_analysis(df, "model.width", "optimizer.lr", "final_train_loss",
-                                 "parameterization.name", out, name, title=title)
-  sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
-  res.update({
-      "experiment": name, "preset": preset, "optimizer": dict(overrides),
-      "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
-      "sweep_wall_s": common.group_seconds(df), "machine": common.machine(),
-      "sp_optimum_drift_grid_steps": sp.get("argmin_drift_grid_steps"),
-      "mup_optimum_range_grid_steps": mup.get("argmin_range_grid_steps"),
-      "wider_is_better_at_fixed_lr": {
-          g: common.wider_is_better(df, "optimizer.lr", "final_train_loss",
-                                    "parameterization.name", g) for g in ("sp", "mup")},
-  })
-  common.write_json(out, name, res)
-  common.write_note(out, name, note(res, name, label, about, expected))
-  return res
+  """``common.width_transfer`` with one optimizer (``overrides``) and this
+  module's note, which names it (``label``, ``about``, ``expected``)."""
+  return common.width_transfer(
+      name, p, preset, workdir, out, lambda res: note(res, name, label, about, expected),
+      progress, overrides, title)
 
 
 def _adam_reference(preset: str) -> str:
@@ -133,6 +111,4 @@ tp5_fig1 (Adam) in widths, steps and data; LRs 2^{np.log2(st['lrs'][0]):.0f} to 
 
 if __name__ == "__main__":
   a = common.parse(NAME, PRESETS)
-  r = run(a.preset, a.workdir, a.out)
-  print(f"SP drift {r['sp_optimum_drift_grid_steps']} grid steps; muP range "
-        f"{r['mup_optimum_range_grid_steps']} grid steps; outputs in {a.out}")
+  common.print_width_verdict(run(a.preset, a.workdir, a.out), a.out)

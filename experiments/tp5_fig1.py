@@ -19,7 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from experiments import common  # noqa: E402
-from hptransfer.sweep import product, sweep  # noqa: E402
 
 NAME = "tp5_fig1"
 # The cpu preset is exactly configs/sweeps/width_transformer.py, so its trials
@@ -40,27 +39,10 @@ def config(p):
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
-  p = PRESETS[preset]
-  df = common.run_sweep(config(p), product(
-        sweep("parameterization.name", ["sp", "mup"]), sweep("model.width", p["widths"]),
-      sweep("optimizer.lr", p["lrs"])), workdir, progress=progress)
-  res = common.transfer_analysis(df, "model.width", "optimizer.lr", "final_train_loss",
-                                 "parameterization.name", out, NAME,
-                                 title="Tensor Programs V Fig. 1 on the byte corpus: final "
-                                       "train loss against learning rate per width (Adam)")
-  sp, mup = res["groups"].get("sp", {}), res["groups"].get("mup", {})
-  res.update({
-      "experiment": NAME, "preset": preset, "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
-      "sweep_wall_s": common.group_seconds(df), "machine": common.machine(),
-      "sp_optimum_drift_grid_steps": sp.get("argmin_drift_grid_steps"),
-      "mup_optimum_range_grid_steps": mup.get("argmin_range_grid_steps"),
-      "wider_is_better_at_fixed_lr": {
-          g: common.wider_is_better(df, "optimizer.lr", "final_train_loss",
-                                    "parameterization.name", g) for g in ("sp", "mup")},
-  })
-  common.write_json(out, NAME, res)
-  common.write_note(out, NAME, note(res))
-  return res
+  return common.width_transfer(
+      NAME, PRESETS[preset], preset, workdir, out, note, progress,
+      title="Tensor Programs V Fig. 1 on the byte corpus: final train loss against "
+            "learning rate per width (Adam)")
 
 
 def note(res) -> str:
@@ -107,6 +89,4 @@ large runs do not.
 
 if __name__ == "__main__":
   a = common.parse(NAME, PRESETS)
-  r = run(a.preset, a.workdir, a.out)
-  print(f"SP drift {r['sp_optimum_drift_grid_steps']} grid steps; muP range "
-        f"{r['mup_optimum_range_grid_steps']} grid steps; outputs in {a.out}")
+  common.print_width_verdict(run(a.preset, a.workdir, a.out), a.out)
