@@ -20,25 +20,10 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 SHAPES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 4, 2))
 
-# A model of a user's own, with tensor rules for its MLP pair.
-USER_MODEL = """
-import flax.linen as nn
-
-class TinyLM(nn.Module):
-  width: int
-  vocab_size: int
-
-  @nn.compact
-  def __call__(self, tokens, branch_mult=1.0):
-    x = nn.Embed(self.vocab_size, self.width, name="embed")(tokens)
-    h = nn.relu(nn.Dense(2 * self.width, name="up")(x))
-    x = x + branch_mult * nn.Dense(self.width, name="down")(h)
-    return nn.Dense(self.vocab_size, name="head")(nn.LayerNorm(name="norm")(x))
-
-def make_model(width, vocab_size):
-  return TinyLM(width=width, vocab_size=vocab_size)
-"""
-USER_RULES = ((r"up/kernel$", 1), (r"up/bias$", 0), (r"down/kernel$", 0))
+# A model of a user's own (tests/test_cli_user_model.py's), with tensor rules
+# for its MLP pair.
+USER_RULES = ((r"block_0_up/kernel$", 1), (r"block_0_up/bias$", 0),
+              (r"block_0_down/kernel$", 0))
 
 
 def user_config(shape, module_dir):
@@ -51,8 +36,9 @@ def user_config(shape, module_dir):
 
 def write_user_model(module_dir):
   os.makedirs(module_dir, exist_ok=True)
+  from test_cli_user_model import MODELS
   with open(os.path.join(module_dir, "mesh_user_model.py"), "w") as f:
-    f.write(USER_MODEL)
+    f.write(MODELS)
 
 
 def config(shape, **overrides):

@@ -248,8 +248,8 @@ def test_a_user_model_shards_by_its_own_rules(mesh_runs, single_device):
   the losses of one device, and each leaf split as its rules say."""
   np.testing.assert_allclose(mesh_runs["user"]["losses"], single_device["user"], rtol=2e-5)
   frac = mesh_runs["user"]["param_fractions"]
-  assert frac["up/kernel"] == frac["down/kernel"] == pytest.approx(1 / 8)   # tensor x fsdp
-  assert frac["head/kernel"] == frac["embed/embedding"] == pytest.approx(1 / 4)   # fsdp
+  assert frac["block_0_up/kernel"] == frac["block_0_down/kernel"] == pytest.approx(1 / 8)
+  assert frac["head/kernel"] == frac["embed/embedding"] == pytest.approx(1 / 4)   # fsdp only
 
 
 def test_a_checkpoint_restores_under_another_mesh(mesh_runs, single_device):
