@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
                                       #   upper triangle
 
   c.parameterization = ml_collections.ConfigDict()
-  c.parameterization.name = "mup"     # sp | mup | ntk | mf
+  c.parameterization.name = "mup"     # sp | mup | ntk | mf | umup (u-muP: unit init and
+                                      #   ops, absolute-scale rules, no base shape)
   c.parameterization.base_width = 64  # width at which every rule equals SP
   c.parameterization.base_depth = 2   # depth at which depth rules are identity
   c.parameterization.base_head_dim = 0  # 0: model.head_dim (muP's 1/d anchor)
@@ -50,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
                                       #   embedding tables N(0, sigma^2)
   c.parameterization.output_mult = 1.0  # readout forward multiplier
   c.parameterization.embed_mult = 1.0   # embedding forward multiplier
+  c.parameterization.embed_lr_mult = 1.0  # embedding tables' LR multiplier
   c.parameterization.attn_mult = 1.0    # multiplies the attention-logit scale
   c.parameterization.zero_init_readout = False
   c.parameterization.zero_init_query = False
@@ -59,6 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.parameterization.eps_rule = "none"  # Adam epsilon across width: none (microsoft/mup)
                                       #   | width (hidden x 1/m_in) | completep (every leaf
                                       #   x m_width^-1 m_depth^-alpha)
+  c.parameterization.residual_mult = 1.0  # umup only: residual branches' weight against
+                                      #   the embedding (alpha_res)
+  c.parameterization.residual_attn_ratio = 1.0  # umup only: attention's against the MLP's
+  c.parameterization.act_mult = 1.0   # umup only: act(a x) / rms (alpha_ffn-act); attn_mult
+                                      #   is its alpha_attn, output_mult its alpha_loss
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"          # sgd | adam | adamw | adam_atan2 | lion | muon |

@@ -74,7 +74,8 @@ def _call_kwargs(module) -> set[str]:
     return set()
   if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
     return {"attn_scale", "branch_mult"}
-  return {n for n in ("attn_scale", "branch_mult", "dropout") if n in sig.parameters}
+  return {n for n in ("attn_scale", "branch_mult", "dropout", "residual", "act_mult")
+          if n in sig.parameters}
 
 
 DROPOUT_SALT = 0x64726F70   # "drop": separates the dropout stream from the init's
@@ -138,6 +139,27 @@ class Parameterized:
     self.dropout, self.dropout_seed = float(dropout), int(dropout_seed)
     self.attn_scale = (P.attention_scale(name, knobs, head_dim) if head_dim else 1.0)
     self.branch_mult = P.branch_multiplier(knobs, depth or 1)
+    # u-muP's unit-scaled ops, where the module takes them.
+    self.unit_ops = P.get(name).unit_ops
+    self.residual = self.act_mult = None
+    if self.unit_ops:
+      P.check_knobs(name, knobs)
+      if "residual" in self.call_kwargs:
+        if depth is None:
+          raise models.ModelError(
+              f"{where}: the module's __call__ takes residual (u-muP's unit-scaled adds, "
+              "one row per branch of depth blocks), but the factory takes no `depth`")
+        self.residual = P.unit_residual(knobs, depth)
+      if "act_mult" in self.call_kwargs:
+        self.act_mult = float(knobs.act_mult)
+      missing = sorted({"residual", "act_mult"} - self.call_kwargs)
+      if missing:
+        import warnings
+        warnings.warn(
+            f"{where}: parameterization {name!r}: the module's __call__ takes no "
+            f"{' / '.join(missing)}, so u-muP's unit-scaled residual adds / activation "
+            "are not applied; its table (unit init, unit-scaled matmuls, LRs) is",
+            stacklevel=3)
     target, base = self._shapes(width), self._shapes(base_width)
     delta = self._shapes(2 * base_width)
     if base == delta:
@@ -159,9 +181,11 @@ class Parameterized:
   def _knob_kwargs(self, consts=None) -> dict:
     c = consts if consts is not None else {"attn_scale": self.attn_scale,
                                            "branch_mult": self.branch_mult,
-                                           "dropout": self.dropout}
-    return {k: c[k] for k in ("attn_scale", "branch_mult", "dropout")
-            if k in self.call_kwargs}
+                                           "dropout": self.dropout,
+                                           "residual": self.residual,
+                                           "act_mult": self.act_mult}
+    return {k: c[k] for k in ("attn_scale", "branch_mult", "dropout", "residual", "act_mult")
+            if k in self.call_kwargs and k in c and c[k] is not None}
 
   def _init_variables(self, module, rng):
     rngs = {"params": rng, "dropout": rng}
@@ -239,6 +263,10 @@ class Parameterized:
     c = {"forward_mult": self.leaf_trees()["forward_mult"],
          "attn_scale": jnp.asarray(self.attn_scale, jnp.float32),
          "branch_mult": jnp.asarray(self.branch_mult, jnp.float32)}
+    if self.residual is not None:
+      c["residual"] = jnp.asarray(self.residual, jnp.float32)
+    if self.act_mult is not None:
+      c["act_mult"] = jnp.asarray(self.act_mult, jnp.float32)
     if "dropout" in self.call_kwargs:
       c["dropout"] = jnp.asarray(self.dropout, jnp.float32)
       c["dropout_key"] = jax.random.key_data(
@@ -314,14 +342,28 @@ class Parameterized:
   # -- what it did --------------------------------------------------------------
 
   def header(self) -> str:
+    absolute = P.get(self.name).scale == "absolute"
     first = (f"parameterization={self.name}  optimizer={self.optimizer_name}  "
-             f"width={self.width} (base {self.base_width})")
+             f"width={self.width} " + (f"(absolute scale; roles from widths {self.base_width} "
+                                       f"and {2 * self.base_width})" if absolute
+                                       else f"(base {self.base_width})"))
     if self.depth is not None:
-      first += f"  depth={self.depth} (base {self.base_depth}, alpha={self.knobs.alpha})"
+      first += (f"  depth={self.depth} (block LRs x depth^{P.get(self.name).depth_lr:g})"
+                if P.get(self.name).depth_lr is not None else
+                f"  depth={self.depth} (base {self.base_depth}, alpha={self.knobs.alpha})")
     second = []
+    if self.unit_ops:
+      k = self.knobs
+      second.append("unit-scaled residual adds (residual_mult="
+                    f"{k.residual_mult:g}, residual_attn_ratio={k.residual_attn_ratio:g})"
+                    if self.residual is not None else "residual adds NOT unit-scaled (the "
+                    "model takes no `residual`)")
+      second.append(f"unit-scaled activation (act_mult={k.act_mult:g})"
+                    if self.act_mult is not None else "activation NOT unit-scaled (the "
+                    "model takes no `act_mult`)")
     if "attn_scale" in self.call_kwargs:
       second.append(f"attention logit scale={self.attn_scale:.6g}")
-    if "branch_mult" in self.call_kwargs:
+    if "branch_mult" in self.call_kwargs and self.residual is None:
       second.append(f"residual branch multiplier={self.branch_mult:.6g}")
     second.append(f"params={self.num_params():,}")
     return first + "\n" + "  ".join(second)
@@ -352,7 +394,8 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
       matter); used for shapes and init.
     width, base_width: the target width and the proxy's (where every
       parameterization equals SP).
-    parameterization: ``sp``, ``mup``, ``ntk``, ``mf`` (``parameterization.names()``).
+    parameterization: ``sp``, ``mup``, ``ntk``, ``mf``, ``umup``
+      (``parameterization.names()``).
     optimizer: ``sgd``, ``adam``, ``adamw``, ``adam_atan2``, ``lion``, ...
       (``optim.names()``); its family picks the per-leaf LR rules.
     depth, base_depth, alpha: depth rules; ``make_model`` then gets ``depth``.
@@ -367,10 +410,12 @@ def parameterize(make_model: Callable, example_input, *, width: int, base_width:
       not tell (``input``, ``hidden``, ``output``, ``vector``, ``scalar``).
     dropout: the rate passed to a ``__call__`` that declares ``dropout``
       (active when ``apply`` gets ``rngs={"dropout": key}``).
-    **knobs: ``init_std``, ``output_mult``, ``embed_mult``, ``attn_mult``,
+    **knobs: ``init_std``, ``output_mult``, ``embed_mult``, ``embed_lr_mult``,
+      ``attn_mult``,
       ``base_head_dim``, ``eps_rule`` (``none``, ``width``, ``completep``),
       ``zero_init_readout``, ``zero_init_query``,
-      ``query_regex``, ``block_regex`` (``parameterization.Knobs``).
+      ``query_regex``, ``block_regex``; u-muP's ``residual_mult``,
+      ``residual_attn_ratio``, ``act_mult`` (``parameterization.Knobs``).
   """
   return _parameterize(make_model, example_input, width=width, base_width=base_width,
                        parameterization=parameterization, optimizer=optimizer, depth=depth,

@@ -75,9 +75,15 @@ def validate(cfg) -> None:
       finite(p[field], f"parameterization.{field}")
   if not p.init_std >= 0:
     raise ConfigError(f"parameterization.init_std={p.init_std} must be >= 0")
-  for field in ("output_mult", "embed_mult", "attn_mult"):
-    if field in p and not p[field] > 0:
-      raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
+  for field in ("output_mult", "embed_mult", "embed_lr_mult", "attn_mult") + P.UNIT_KNOBS:
+    if field in p:
+      finite(p[field], f"parameterization.{field}")
+      if not p[field] > 0:
+        raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
+  try:
+    P.check_knobs(p.name, P.Knobs.from_config(p))
+  except P.ParameterizationError as e:
+    raise ConfigError(str(e)) from None
   if "dropout" in m:
     rate = m.dropout
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
@@ -152,8 +158,12 @@ def differing_keys(stored: dict, current: dict, ignore=RESUMABLE_CHANGES) -> lis
   """Dotted keys whose values differ between two config dicts (missing on
   one side counts), leaving out ``ignore``, the logging sections (wandb.*,
   mlflow.*), search.* and mesh.* (a run may resume on another mesh)."""
-  from hptransfer.grid import flatten
+  from hptransfer.grid import ID_OMITTED_DEFAULTS, flatten
   a, b = flatten(stored), flatten(current)
+  # A key added to the config since the run was stored is its default there.
+  for k, v in ID_OMITTED_DEFAULTS.items():
+    a.setdefault(k, v)
+    b.setdefault(k, v)
   keys = sorted(set(a) | set(b))
   return [k for k in keys if k not in ignore
           and not k.startswith(("wandb.", "mlflow.", "search.", "mesh."))

@@ -147,7 +147,11 @@ class Group:
 # what they were (tests/test_trial_ids.py).
 ID_OMITTED_DEFAULTS = {"model.matmul_dtype": "", "model.module": "", "task.name": "lm",
                        "model.dropout": 0.0, "parameterization.eps_rule": "none",
-                       "optimizer.muon_beta": 0.95, "optimizer.ns_steps": 5}
+                       "optimizer.muon_beta": 0.95, "optimizer.ns_steps": 5,
+                       "parameterization.residual_mult": 1.0,
+                       "parameterization.residual_attn_ratio": 1.0,
+                       "parameterization.act_mult": 1.0,
+                       "parameterization.embed_lr_mult": 1.0}
 
 
 def trial_id(cfg) -> str:
@@ -232,6 +236,10 @@ def group_key(cfg) -> str:
   if cfg.model.get("dropout", 0.0) > 0:
     # The rate is vmapped, but drawing masks at all shapes the program.
     kept["model.dropout_on"] = True
+  from hptransfer import parameterization as P
+  if cfg.parameterization.name in P.REGISTRY and P.get(cfg.parameterization.name).unit_ops:
+    # u-muP's residual and activation knobs are model inputs the others lack.
+    kept["parameterization.unit_ops"] = True
   return json.dumps(kept, sort_keys=True, default=str)
 
 

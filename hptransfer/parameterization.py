@@ -104,11 +104,33 @@ class Rule:
 class Parameterization:
   """A registered parameterization: one ``Rule`` per role, and how the
   attention logits scale with the head dimension (``sqrt``: 1/sqrt(d_head) as
-  in SP; ``linear``: 1/d_head, anchored to equal SP at the base head dim)."""
+  in SP; ``linear``: 1/d_head, anchored to equal SP at the base head dim;
+  ``unit``: ``attn_mult / d_head``, no anchor).
+
+  ``scale="relative"`` (SP, muP, NTK, MF): the exponents apply to the width
+  multipliers (m_in, m_out) and the init std is relative to SP's at the base
+  shape, so the parameterization is SP at the base shape.  ``"absolute"``
+  (u-muP): they apply to the leaf's own fan-in and fan-out and the init std is
+  absolute (exponents (0, 0): unit init), so there is no base shape; the base
+  width still tells which axes grow (the roles).
+
+  ``lookup`` is a rule for embedding tables that replaces the input rule
+  (u-muP's embedding LR differs from a dense input layer's).  ``unit_ops``:
+  the model's residual adds and activation are unit-scaled (the ``residual``
+  and ``act_mult`` call knobs, ``hptransfer.models``).  ``depth_lr``: an
+  exponent of the absolute depth on the LR of every leaf in a residual block,
+  for every optimizer family, in place of ``alpha``'s rules.  ``fixed`` maps
+  knobs the parameterization does not have to the one value they must keep;
+  ``unit_knobs`` names the knobs only it has (``UNIT_KNOBS``)."""
   name: str
   rules: Mapping[str, Rule]
   attention: str = "sqrt"
   doc: str = ""
+  scale: str = "relative"
+  lookup: Rule | None = None
+  unit_ops: bool = False
+  depth_lr: float | None = None
+  fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 REGISTRY: dict[str, Parameterization] = {}
@@ -118,9 +140,12 @@ def register(p: Parameterization) -> Parameterization:
   missing = set(ROLES) - set(p.rules)
   if missing:
     raise ValueError(f"parameterization {p.name!r} has no rule for roles {sorted(missing)}")
-  if p.attention not in ("sqrt", "linear"):
+  if p.attention not in ("sqrt", "linear", "unit"):
     raise ValueError(f"parameterization {p.name!r}: attention={p.attention!r} is not "
-                     "'sqrt' or 'linear'")
+                     "'sqrt', 'linear' or 'unit'")
+  if p.scale not in ("relative", "absolute"):
+    raise ValueError(f"parameterization {p.name!r}: scale={p.scale!r} is not "
+                     "'relative' or 'absolute'")
   REGISTRY[p.name] = p
   return p
 
@@ -163,6 +188,7 @@ class Knobs:
   init_std: float = 1.0           # matrices N(0, init_std^2/fan_in), tables N(0, init_std^2)
   output_mult: float = 1.0        # readout forward multiplier
   embed_mult: float = 1.0         # embedding-table forward multiplier
+  embed_lr_mult: float = 1.0      # embedding tables' LR multiplier (u-muP's eta_emb)
   attn_mult: float = 1.0          # multiplies the attention-logit scale
   base_head_dim: int = 0          # 0: the model's head dim (muP's 1/d anchor)
   zero_init_readout: bool = False
@@ -171,6 +197,10 @@ class Knobs:
   block_regex: str = r"(^|/)block_\d+/"
   role_rules: tuple = ()          # ((regex, role), ...) overriding inference
   eps_rule: str = "none"          # Adam epsilon across width: none | width | completep
+  # u-muP's own (parameterizations with unit_ops; the others refuse them):
+  residual_mult: float = 1.0      # residual branches' weight against the embedding
+  residual_attn_ratio: float = 1.0  # attention branches' weight against the MLP's
+  act_mult: float = 1.0           # activation input multiplier, act(a x) / rms
 
   @classmethod
   def from_config(cls, pcfg) -> "Knobs":
@@ -178,6 +208,29 @@ class Knobs:
     kw = {k: pcfg[k] for k in fields if k in pcfg}
     kw["role_rules"] = tuple(tuple(r) for r in kw.get("role_rules", ()))
     return cls(**kw)
+
+
+UNIT_KNOBS = ("residual_mult", "residual_attn_ratio", "act_mult")
+
+
+def check_knobs(name: str, knobs: "Knobs") -> None:
+  """Refuse a knob that parameterization ``name`` does not have: u-muP's
+  fixed ones (``Parameterization.fixed``) away from their value, and
+  u-muP's own (``UNIT_KNOBS``) under a parameterization without unit ops."""
+  p = get(name)
+  for field, value in p.fixed.items():
+    if getattr(knobs, field) != value:
+      raise ParameterizationError(
+          f"parameterization.{field}={getattr(knobs, field)!r}: {name} has no such knob "
+          f"({p.doc}); set --config.parameterization.{field}={value!r}, or pick a "
+          "parameterization that has it (mup)")
+  if not p.unit_ops:
+    for field in UNIT_KNOBS:
+      if getattr(knobs, field) != 1.0:
+        raise ParameterizationError(
+            f"parameterization.{field}={getattr(knobs, field)} is a u-muP knob; {name} "
+            f"has none: set --config.parameterization.{field}=1.0, or "
+            "--config.parameterization.name=umup")
 
 
 def depth_exponents(alpha: float, family: str) -> dict[str, float]:
@@ -333,7 +386,10 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
   leaf of two dims is Muon's (``update="muon"``: its LR by ``Rule.lr_muon``
   or ``lr_muon_spectral`` as ``muon_scale`` says, no epsilon) and every other
   leaf Adam's."""
-  rules_by_role = get(name).rules
+  par = get(name)
+  rules_by_role = par.rules
+  absolute = par.scale == "absolute"
+  check_knobs(name, knobs)
   if family == "muon" and float(knobs.alpha):
     raise ParameterizationError(
         f"parameterization.alpha={knobs.alpha} with Muon: depth rules for Muon's "
@@ -350,16 +406,24 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
   table = {}
   for path, shape in target.items():
     role = roles[path]
-    rule = rules_by_role[role]
     lookup = path.split("/")[-1] == "embedding"
+    rule = rules_by_role[role]
+    if lookup and role == "input" and par.lookup is not None:
+      rule = par.lookup
     base_in, base_out = _fans(base[path])
     fan_in, fan_out = _fans(shape)
     m_in, m_out = fan_in / base_in, fan_out / base_out
+    # What the exponents apply to: the multipliers, or (absolute scale) the
+    # fans themselves, a lookup table's fan-in being 1 (one row per token).
+    s_in, s_out = (m_in, m_out) if not absolute else (1 if lookup else fan_in, fan_out)
     in_block = bool(block_rx.search(path))
 
     if len(shape) >= 2:
-      base_std = knobs.init_std * (1.0 if lookup else 1.0 / math.sqrt(base_in))
-      init_std = base_std * _power(m_in, m_out, rule.init)
+      if absolute:
+        base_std = knobs.init_std
+      else:
+        base_std = knobs.init_std * (1.0 if lookup else 1.0 / math.sqrt(base_in))
+      init_std = base_std * _power(s_in, s_out, rule.init)
       if role == "output" and knobs.zero_init_readout:
         init_std = 0.0
       if knobs.zero_init_query and query_rx.search(path):
@@ -367,7 +431,7 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
     else:
       init_std = 0.0  # biases and gains keep the model's constant init
 
-    forward = _power(m_in, m_out, rule.forward)
+    forward = _power(s_in, s_out, rule.forward)
     if role == "output":
       forward *= knobs.output_mult
     if lookup and role == "input":
@@ -381,8 +445,12 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
       raise ParameterizationError(
           f"parameterization.name={name!r} has no Muon rule for {role} leaves ({path}); "
           "give its Rule lr_muon / lr_muon_spectral, or pick sp or mup")
-    lr = _power(m_in, m_out, exps)
+    lr = _power(s_in, s_out, exps)
+    if lookup and role == "input" and knobs.embed_lr_mult != 1.0:
+      lr *= float(knobs.embed_lr_mult)
     eps = 1.0
+    if in_block and par.depth_lr is not None and depth != 1:
+      lr *= float(depth) ** par.depth_lr
     if in_block and dexp["lr"]:
       lr *= d ** dexp["lr"]
     if knobs.eps_rule == "completep":
@@ -419,13 +487,16 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
 
 
 def attention_scale(name: str, knobs: Knobs, head_dim: int) -> float:
-  """Attention-logit multiplier: SP/NTK 1/sqrt(d_head); muP/MF 1/d_head.
+  """Attention-logit multiplier: SP/NTK 1/sqrt(d_head); muP/MF 1/d_head;
+  u-muP ``attn_mult / d_head`` (its alpha_attn, no base head dim).
 
   muP's 1/d_head is anchored at the base head dimension so that at base shape
   it equals SP's 1/sqrt(d_head) exactly:
   ``attn_mult * (1/sqrt(base_hd)) * (base_hd / hd)``.
   """
   base_hd = knobs.base_head_dim or head_dim
+  if get(name).attention == "unit":
+    return knobs.attn_mult / head_dim
   if get(name).attention == "sqrt":
     return knobs.attn_mult * (1.0 / math.sqrt(head_dim))
   scale = knobs.attn_mult * (1.0 / math.sqrt(base_hd))
@@ -439,6 +510,32 @@ def branch_multiplier(knobs: Knobs, depth: int) -> float:
   if alpha == 0:
     return 1.0
   return (depth / knobs.base_depth) ** (-alpha)
+
+
+def unit_residual(knobs: Knobs, depth: int) -> np.ndarray:
+  """u-muP's residual adds for ``depth`` blocks of two branches (attention,
+  then MLP): ``[2 * depth, 2]`` rows ``(a, b)``, the stream after branch
+  ``i`` being ``a_i x + b_i f_i(norm(x))``.
+
+  Blake et al. (2024, App. G): think of the stream as a weighted sum of unit
+  sources whose weights (variances) are the embedding's, ``depth`` (half the
+  branch count), and each branch's, ``alpha_attn^2`` or ``alpha_mlp^2`` with
+  ``alpha_mlp = residual_mult sqrt(2 / (1 + ratio^2))``, ``alpha_attn = ratio
+  alpha_mlp``.  With ``S_i`` the weight gathered before branch ``i``, adding a
+  unit-RMS branch of weight ``w_i`` keeps a unit-RMS stream with
+  ``a_i = sqrt(S_i / S_{i+1})`` and ``b_i = sqrt(w_i / S_{i+1})``.  Both
+  knobs at 1: embedding, all attention and all MLP branches weigh the same;
+  ``b_i`` falls as ``depth^-1/2`` (Depth-muP's branch scale)."""
+  ratio = float(knobs.residual_attn_ratio)
+  alpha_mlp = float(knobs.residual_mult) * math.sqrt(2.0 / (1.0 + ratio ** 2))
+  alpha_attn = ratio * alpha_mlp
+  out = np.zeros((2 * depth, 2), np.float64)
+  total = float(depth)
+  for i in range(2 * depth):
+    w = (alpha_attn if i % 2 == 0 else alpha_mlp) ** 2
+    out[i] = (math.sqrt(total / (total + w)), math.sqrt(w / (total + w)))
+    total += w
+  return out
 
 
 def _tree_from_table(params_like, table: Mapping[str, Leaf], field: str, dtype=jnp.float32):

@@ -51,7 +51,16 @@ def _table(param, opt, width, **kw):
   return build_lib.build(cfg)
 
 
-@pytest.mark.parametrize("param", P.names())
+# Parameterizations whose rules are relative to a base shape (so that they are
+# SP there).  u-muP's are absolute: tests/test_umup.py checks its table.
+RELATIVE = tuple(n for n in P.names() if P.get(n).scale == "relative")
+
+
+def test_every_parameterization_is_relative_but_u_mup():
+  assert set(P.names()) - set(RELATIVE) == {"umup"}
+
+
+@pytest.mark.parametrize("param", RELATIVE)
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
 @pytest.mark.parametrize("width", [64, 256])
 def test_describe_matches_hand_derived_exponents(param, opt, width):
@@ -131,8 +140,8 @@ def test_depth_rules(alpha, opt):
 
 
 def test_at_base_shape_every_parameterization_is_sp():
-  rows = {p: _table(p, "adamw", 32).describe() for p in P.names()}
-  for p in P.names():
+  rows = {p: _table(p, "adamw", 32).describe() for p in RELATIVE}
+  for p in RELATIVE:
     assert rows[p] == rows["sp"], p
 
 
@@ -245,3 +254,15 @@ def test_bad_epsilon_rules_are_refused(overrides, match):
   from hptransfer import configlib
   with pytest.raises(configlib.ConfigError, match=match):
     configlib.validate(tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("param", ["mup", "umup"])
+def test_embed_lr_mult_scales_the_tables_lr_and_nothing_else(param):
+  plain = {r["path"]: r for r in _table(param, "adamw", 128).describe()}
+  mult = {r["path"]: r for r in _table(param, "adamw", 128,
+                                       **{"parameterization.embed_lr_mult": 4.0}).describe()}
+  for path, r in mult.items():
+    f = 4.0 if path.endswith("embed/embedding") else 1.0
+    assert r["lr_mult"] == pytest.approx(plain[path]["lr_mult"] * f), path
+    assert r["wd_mult"] == pytest.approx(plain[path]["wd_mult"] / f), path
+    assert r["init_std"] == plain[path]["init_std"]

@@ -20,7 +20,15 @@ queries before the q.k product: use it instead of ``1/sqrt(head_dim)``) and
 f(x)``).  Models know nothing of muP beyond these two knobs; forward
 multipliers of single leaves are applied to the params they are given.
 
-A third call-time keyword, ``dropout`` (the rate, ``model.dropout``), is how a
+Two more are u-muP's unit-scaled ops (``parameterization.name=umup``; a
+model that does not declare them gets u-muP's table alone, and a warning):
+``residual``, an array ``[2 * depth, 2]`` whose row ``i`` is ``(a, b)`` in
+``x = a * x + b * f_i(norm(x))`` for branch ``i`` (block ``i // 2``'s
+attention, then its MLP); and ``act_mult``, the activation's input multiplier,
+applied as ``unit_activation(fn, h, act_mult)``.  Both are ``None`` under any
+other parameterization.
+
+A further call-time keyword, ``dropout`` (the rate, ``model.dropout``), is how a
 model takes dropout: a traced value, so the trials of one vmapped group can
 each have their own rate.  Apply it with ``models.dropout(self, x, rate)``
 (flax's ``nn.Dropout`` needs a Python float); it draws from the ``dropout``
@@ -39,6 +47,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Config keys of the model section that are never factory arguments
@@ -197,6 +206,24 @@ def dropout(module, x, rate):
   keep = 1.0 - jnp.asarray(rate, jnp.float32)
   mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
   return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
+
+
+# Probabilists' Gauss-Hermite rule: E[g(z)], z ~ N(0, 1), is sum(w * g(x)).
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(80)
+_GH_W = _GH_W / np.sqrt(2 * np.pi)
+
+
+def unit_activation(fn, x, mult=None):
+  """``fn(mult * x) / rms`` with ``rms = sqrt(E[fn(mult * z)^2])`` for unit
+  Gaussian ``z``, so a unit-RMS input gives a unit-RMS output at any ``mult``
+  (u-muP's scaled activations).  ``mult`` may be traced (a vmapped knob);
+  ``None`` is ``fn(x)``."""
+  if mult is None:
+    return fn(x)
+  mult = jnp.asarray(mult, jnp.float32)
+  rms = jnp.sqrt(jnp.sum(jnp.asarray(_GH_W, jnp.float32)
+                         * fn(mult * jnp.asarray(_GH_X, jnp.float32)) ** 2))
+  return (fn(mult.astype(x.dtype) * x) / rms.astype(x.dtype)).astype(x.dtype)
 
 
 def resolve_attention(attention: str) -> str:

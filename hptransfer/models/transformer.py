@@ -2,7 +2,9 @@
 
 The model knows nothing of muP beyond two call-time knobs: ``attn_scale`` (what
 multiplies the query before the q.k product) and ``branch_mult`` (what multiplies
-every residual branch).  A third, ``dropout``, is the dropout rate (GPT-2's
+every residual branch); under u-muP two more, ``residual`` (each branch's
+unit-scaled add) and ``act_mult`` (the unit-scaled activation), see
+``hptransfer.models``.  A third, ``dropout``, is the dropout rate (GPT-2's
 places: the embedding sum and each residual branch's output; attention
 probabilities are not dropped, since XLA's fused attention has no dropout).  Forward multipliers of individual leaves are applied by
 the caller to the params tree it passes in (see ``parameterization``).
@@ -121,9 +123,10 @@ class MlpBlock(nn.Module):
   matmul_dtype: Any = None
 
   @nn.compact
-  def __call__(self, x_MxD):
+  def __call__(self, x_MxD, act_mult=None):
+    from hptransfer import models
     h_MxF = dense(self.hidden, self.use_bias, self.dtype, self.matmul_dtype, "fc_in")(x_MxD)
-    h_MxF = ACTIVATIONS[self.activation](h_MxF)
+    h_MxF = models.unit_activation(ACTIVATIONS[self.activation], h_MxF, act_mult)
     return dense(self.width, self.use_bias, self.dtype, self.matmul_dtype, "fc_out")(h_MxF)
 
 
@@ -141,19 +144,27 @@ class Block(nn.Module):
   matmul_dtype: Any = None
 
   @nn.compact
-  def __call__(self, x_MxD, T: int, attn_scale, branch_mult, dropout=None):
+  def __call__(self, x_MxD, T: int, attn_scale, branch_mult, dropout=None,
+               residual_2x2=None, act_mult=None):
     from hptransfer import models
+
+    def add(x, f, i):   # x + branch_mult f, or u-muP's a_i x + b_i f
+      if residual_2x2 is None:
+        return x + branch_mult * f
+      a, b = residual_2x2[i, 0].astype(x.dtype), residual_2x2[i, 1].astype(x.dtype)
+      return a * x + b * f
+
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm1")(x_MxD)
     a_MxD = Attention(self.width, self.head_dim, self.use_bias, self.qk_norm,
                       self.dtype, self.attention, self.attention_block,
                       self.matmul_dtype, name="attn")(h, T, attn_scale)
     self.sow("intermediates", "attn_out", a_MxD)
-    x_MxD = x_MxD + branch_mult * models.dropout(self, a_MxD, dropout)
+    x_MxD = add(x_MxD, models.dropout(self, a_MxD, dropout), 0)
     h = make_norm(self.norm, self.use_bias, self.dtype, "norm2")(x_MxD)
     m_MxD = MlpBlock(self.width, self.mlp_hidden, self.activation,
-                     self.use_bias, self.dtype, self.matmul_dtype, name="mlp")(h)
+                     self.use_bias, self.dtype, self.matmul_dtype, name="mlp")(h, act_mult)
     self.sow("intermediates", "mlp_out", m_MxD)
-    return x_MxD + branch_mult * models.dropout(self, m_MxD, dropout)
+    return add(x_MxD, models.dropout(self, m_MxD, dropout), 1)
 
 
 class Transformer(nn.Module):
@@ -173,7 +184,8 @@ class Transformer(nn.Module):
   matmul_dtype: Any = None   # dense layers' operand dtype (f32 accumulation); None: dtype
 
   @nn.compact
-  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0, dropout=None):
+  def __call__(self, tokens_BxT, attn_scale=None, branch_mult=1.0, dropout=None,
+               residual=None, act_mult=None):
     from hptransfer import models
     if attn_scale is None:
       attn_scale = self.head_dim ** -0.5
@@ -189,7 +201,8 @@ class Transformer(nn.Module):
                     self.norm, self.activation, self.use_bias, self.qk_norm,
                     self.dtype, self.attention, self.attention_block, self.matmul_dtype,
                     name=f"block_{i}")(
-                        x_MxD, T, attn_scale, branch_mult, dropout)
+                        x_MxD, T, attn_scale, branch_mult, dropout,
+                        None if residual is None else residual[2 * i:2 * i + 2], act_mult)
     x_MxD = make_norm(self.norm, self.use_bias, self.dtype, "final_norm")(x_MxD)
     logits_MxV = dense(self.vocab_size, self.use_bias, self.dtype, self.matmul_dtype,
                        "readout")(x_MxD)
