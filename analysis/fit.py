@@ -289,10 +289,14 @@ def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol, units="
   from matplotlib.patches import Patch
   from analysis import labels
   groups = sorted({g for g, _ in curves})
-  fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), 4.1), sharey=True,
+  ncols = min(len(groups), 3)          # more groups wrap onto further rows
+  nrows = -(-len(groups) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 4.1 * nrows), sharey=True,
                            squeeze=False)
+  for ax in axes.flat[len(groups):]:
+    ax.set_visible(False)
   cmap = plt.get_cmap("viridis")
-  for ax, g in zip(axes[0], groups):
+  for ax, g in zip(axes.flat, groups):
     keys = sorted([k for k in curves if k[0] == g], key=lambda k: np.prod(k[1]))
     for i, key in enumerate(keys):
       c = curves[key]
@@ -330,7 +334,8 @@ def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol, units="
     names += [f"estimated optimum ({primary})", f"within {band_tol:.2%} of the best",
               "diverged (at the top)"]
     ax.legend(handles, names, fontsize=7)
-  axes[0][0].set_ylabel(labels.loss_label(metric, units))
+  for row in axes:
+    row[0].set_ylabel(labels.loss_label(metric, units))
   fig.suptitle(title or f"{labels.name(metric)} against {labels.name(hp)}, per "
                f"{', '.join(labels.name(c) for c in scale_cols)}"
                + (" (mean of seeds, error bars: standard error)"

@@ -308,11 +308,16 @@ def transfer_analysis(df, scale: str, hp: str, metric: str, group: str | None, o
   curves = fit.build_curves(df, [scale], hp, metric, group)
   optima, boots = fit.optima_table(curves, ("argmin", PRIMARY), primary=PRIMARY,
                                    n_boot=n_boot, warn=warnings.append)
-  rules, error = [], None
-  try:
-    rules = fit.fit_rules(curves, optima, boots, [scale], hp, primary=PRIMARY)
-  except AnalysisError as e:
-    error = str(e)
+  # One fit per group, so a group that cannot be fitted (its optima on the
+  # grid's edge) leaves the others' rules standing.
+  rules, errors = [], []
+  for g in sorted({g for g, _ in curves}):
+    try:
+      rules += fit.fit_rules({k: c for k, c in curves.items() if k[0] == g},
+                             optima[optima.group == g], boots, [scale], hp, primary=PRIMARY)
+    except AnalysisError as e:
+      errors.append(str(e))
+  error = "; ".join(errors) or None
   fit.plot_loss_vs_hp(curves, optima, os.path.join(out, f"{prefix}_loss_vs_hp.png"), hp,
                       metric, PRIMARY, 0.0025, units=units, scale_cols=(scale,),
                       title=title)

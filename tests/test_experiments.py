@@ -3,11 +3,12 @@ import importlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = ["tp5_fig1", "coord_check_fig", "depth_transfer", "other_hps", "horizon",
                "mutransfer_demo", "classification_transfer", "search_transfer", "muon_transfer",
-               "lion_transfer"]
+               "lion_transfer", "residual_drift"]
 # Run twice and compared (the rest run once: the engine's determinism is what
 # the twice-run ones and tests/test_sweep.py check; CI time is finite).
 TWICE = ("tp5_fig1", "mutransfer_demo")
@@ -151,3 +152,28 @@ def test_matmul_dtype_flag_reaches_every_trial_and_its_own_workdir(tmp_path, mon
   finally:
     common.MATMUL_DTYPE = ""
     common.ANALYZE_ONLY = False
+
+
+def test_a_group_that_cannot_be_fitted_leaves_the_others_rules(tmp_path):
+  """transfer_analysis fits each group alone: group "edge" (its optimum at
+  the bottom of the grid at every width) gets no rule and is named in
+  fit_error, while group "inside" keeps its slope (-0.5, built in)."""
+  import pandas as pd
+  from experiments import common
+  rows = []
+  rng = np.random.default_rng(0)
+  for g, opt0, slope in (("inside", -6.0, -0.5), ("edge", -12.0, 0.0)):
+    for w in (32, 64, 128, 256):
+      xo = opt0 + slope * np.log2(w / 32)
+      for x in np.arange(-10.0, -2.0):
+        for seed in (0, 1):
+          rows.append({"group": g, "model.width": w, "optimizer.lr": 2.0 ** x, "seed": seed,
+                       "final_train_loss": 2.0 + 0.02 * (x - xo) ** 2
+                       + 0.002 * rng.standard_normal(), "diverged": False})
+  res = common.transfer_analysis(pd.DataFrame(rows), "model.width", "optimizer.lr",
+                                 "final_train_loss", "group", str(tmp_path), "t", n_boot=100)
+  inside = res["groups"]["inside"]
+  assert inside["slope"] == pytest.approx(-0.5, abs=0.1)
+  assert inside["slope_ci"][0] <= -0.5 <= inside["slope_ci"][1]
+  assert "slope" not in res["groups"]["edge"]
+  assert "group edge" in res["fit_error"]
