@@ -220,6 +220,10 @@ def test_u_mup_trials_group_apart_and_keep_old_trial_ids():
     del d["parameterization"][k]
   import ml_collections
   assert grid.trial_id(ml_collections.ConfigDict(d)) == grid.trial_id(mup)
+  # and a run stored before them resumes: its config does not "differ"
+  assert configlib.differing_keys(d, mup.to_dict()) == []
+  d["parameterization"]["act_mult"] = 2.0
+  assert configlib.differing_keys(d, mup.to_dict()) == ["parameterization.act_mult"]
   umup.parameterization.act_mult = 2.0
   assert grid.trial_id(umup) != grid.trial_id(tiny_config(**{"parameterization.name": "umup"}))
 
