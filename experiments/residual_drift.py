@@ -74,42 +74,41 @@ def tune(p, workdir, progress):
   each with the lowest final train loss, mean over the seeds (the other one
   at 1, so the point with both at 1 serves both)."""
   centre = float(p["lrs"][len(p["lrs"]) // 2])
-  cfg = _config(p)
   axes = {"attn_mult": list(p["attn_mults"]), "embed_lr_mult": list(p["embed_lr_mults"])}
-  grid, done = [], set()
-  for key, values in axes.items():
-    for v in values:
-      if v == 1.0 and 1.0 in done:
-        continue
-      done.add(v) if v == 1.0 else None
-      grid += sweep_lib.product(sweep_lib.sweep("seed", p["seeds"]),
-                                [{"model.width": p["base"], "optimizer.lr": centre,
-                                  f"parameterization.{key}": v}])
-  df = common.run_sweep(cfg, grid, workdir, progress=progress)
-  value = lambda key: (df[f"parameterization.{key}"].fillna(1.0) if f"parameterization.{key}"
-                       in df else 1.0)
+  points = sorted({(v, 1.0) for v in axes["attn_mult"]}
+                  | {(1.0, v) for v in axes["embed_lr_mult"]})
+  grid = sweep_lib.product(sweep_lib.sweep("seed", p["seeds"]), [
+      {"model.width": p["base"], "optimizer.lr": centre, "parameterization.attn_mult": a,
+       "parameterization.embed_lr_mult": e} for a, e in points])
+  df = common.run_sweep(_config(p), grid, workdir, progress=progress)
+  # A key at its default may be absent from a row: it is 1 there.
+  value = {k: df[f"parameterization.{k}"].fillna(1.0) if f"parameterization.{k}" in df
+           else 1.0 for k in axes}
   tuned, curves = {}, {}
   for key, values in axes.items():
     other = ({"attn_mult", "embed_lr_mult"} - {key}).pop()
-    sub = df[value(other) == 1.0]
-    means = sub.groupby(value(key)[value(other) == 1.0]).final_train_loss.mean()
+    at_one = value[other] == 1.0
+    means = df[at_one].groupby(value[key][at_one]).final_train_loss.mean()
     means = means[means.index.isin(values)]
     tuned[key] = float(means.idxmin())
     curves[key] = {f"{v:g}": float(m) for v, m in means.items()}
   return tuned, curves, centre, common.group_seconds(df)
 
 
+def overrides(name: str, tuned: dict) -> dict:
+  """A variant's overrides with its tuned multiplier filled in."""
+  return {k: (tuned[k.split(".")[-1]] if v == "tuned" else v)
+          for k, v in VARIANTS[name][0].items()}
+
+
 def variant_grids(p, tuned) -> dict:
   """Each variant's trials (overrides); two variants may share trials (a
   tuned multiplier of 1 is muP's own)."""
-  out = {}
-  for name, (over, shift) in VARIANTS.items():
-    over = {k: (tuned[k.split(".")[-1]] if v == "tuned" else v) for k, v in over.items()}
-    lrs = np.asarray(p["lrs"]) * 2.0 ** shift
-    out[name] = sweep_lib.product(sweep_lib.sweep("model.width", p["widths"]),
-                                  sweep_lib.sweep("optimizer.lr", lrs),
-                                  sweep_lib.sweep("seed", p["seeds"]), [over])
-  return out
+  return {name: sweep_lib.product(sweep_lib.sweep("model.width", p["widths"]),
+                                  sweep_lib.sweep("optimizer.lr",
+                                                  np.asarray(p["lrs"]) * 2.0 ** shift),
+                                  sweep_lib.sweep("seed", p["seeds"]), [overrides(name, tuned)])
+          for name, (_, shift) in VARIANTS.items()}
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
@@ -146,9 +145,8 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   res.update({
       "experiment": NAME, "preset": preset,
       "settings": {k: np.asarray(v).tolist() for k, v in p.items()},
-      "variants": {k: {"overrides": {kk: (tuned[kk.split(".")[-1]] if vv == "tuned" else vv)
-                                     for kk, vv in o.items()}, "lr_shift_octaves": s}
-                   for k, (o, s) in VARIANTS.items()},
+      "variants": {k: {"overrides": overrides(k, tuned), "lr_shift_octaves": s}
+                   for k, (_, s) in VARIANTS.items()},
       "tuned": tuned, "tuning_curves": tune_curves, "tuning_lr": centre,
       "summary": summary, "narrow_threshold": NARROW,
       "sp_reference": _sp_reference(preset),

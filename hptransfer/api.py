@@ -143,7 +143,6 @@ class Parameterized:
     self.unit_ops = P.get(name).unit_ops
     self.residual = self.act_mult = None
     if self.unit_ops:
-      P.check_knobs(name, knobs)
       if "residual" in self.call_kwargs:
         if depth is None:
           raise models.ModelError(

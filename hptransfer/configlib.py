@@ -70,16 +70,15 @@ def validate(cfg) -> None:
   if not 0.0 <= float(p.alpha) <= 1.0:
     raise ConfigError(f"parameterization.alpha={p.alpha} must lie in [0, 1] "
                       "(0: muP, 0.5: Depth-muP, 1: CompleteP)")
-  for field in ("init_std", "output_mult", "embed_mult", "attn_mult", "alpha"):
+  positive = ("output_mult", "embed_mult", "embed_lr_mult", "attn_mult") + P.UNIT_KNOBS
+  for field in ("init_std", "alpha") + positive:
     if field in p:
       finite(p[field], f"parameterization.{field}")
   if not p.init_std >= 0:
     raise ConfigError(f"parameterization.init_std={p.init_std} must be >= 0")
-  for field in ("output_mult", "embed_mult", "embed_lr_mult", "attn_mult") + P.UNIT_KNOBS:
-    if field in p:
-      finite(p[field], f"parameterization.{field}")
-      if not p[field] > 0:
-        raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
+  for field in positive:
+    if field in p and not p[field] > 0:
+      raise ConfigError(f"parameterization.{field}={p[field]} must be > 0")
   try:
     P.check_knobs(p.name, P.Knobs.from_config(p))
   except P.ParameterizationError as e:

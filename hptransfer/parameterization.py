@@ -120,8 +120,8 @@ class Parameterization:
   and ``act_mult`` call knobs, ``hptransfer.models``).  ``depth_lr``: an
   exponent of the absolute depth on the LR of every leaf in a residual block,
   for every optimizer family, in place of ``alpha``'s rules.  ``fixed`` maps
-  knobs the parameterization does not have to the one value they must keep;
-  ``unit_knobs`` names the knobs only it has (``UNIT_KNOBS``)."""
+  knobs the parameterization does not have to the one value they must keep.
+  The knobs only a parameterization with unit ops has are ``UNIT_KNOBS``."""
   name: str
   rules: Mapping[str, Rule]
   attention: str = "sqrt"
@@ -407,9 +407,8 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
   for path, shape in target.items():
     role = roles[path]
     lookup = path.split("/")[-1] == "embedding"
-    rule = rules_by_role[role]
-    if lookup and role == "input" and par.lookup is not None:
-      rule = par.lookup
+    table_in = lookup and role == "input"   # an embedding table
+    rule = par.lookup if table_in and par.lookup is not None else rules_by_role[role]
     base_in, base_out = _fans(base[path])
     fan_in, fan_out = _fans(shape)
     m_in, m_out = fan_in / base_in, fan_out / base_out
@@ -434,7 +433,7 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
     forward = _power(s_in, s_out, rule.forward)
     if role == "output":
       forward *= knobs.output_mult
-    if lookup and role == "input":
+    if table_in:
       forward *= knobs.embed_mult
 
     update = family
@@ -446,7 +445,7 @@ def build_table(name: str, knobs: Knobs, family: str, has_eps: bool,
           f"parameterization.name={name!r} has no Muon rule for {role} leaves ({path}); "
           "give its Rule lr_muon / lr_muon_spectral, or pick sp or mup")
     lr = _power(s_in, s_out, exps)
-    if lookup and role == "input" and knobs.embed_lr_mult != 1.0:
+    if table_in and knobs.embed_lr_mult != 1.0:
       lr *= float(knobs.embed_lr_mult)
     eps = 1.0
     if in_block and par.depth_lr is not None and depth != 1:
