@@ -100,17 +100,62 @@ def check_replicates(df, scales, hp, group=None, seed_col="seed", average=()) ->
         f"with --average {varying[0]}")
 
 
+def check_scales(df, scales, group=None) -> None:
+  """Before any work: every --scale column is positive, varies, and the
+  distinct scale points can carry a rule in that many variables (an intercept
+  and one exponent each, the log-scale columns not collinear)."""
+  if len(set(scales)) != len(scales):
+    dup = next(s for s in scales if list(scales).count(s) > 1)
+    raise AnalysisError(f"--scale {dup} is given twice; give each scale column once")
+  for s in scales:
+    v = pd.to_numeric(df[s], errors="coerce")
+    if v.isna().any() or (v <= 0).any():
+      raise AnalysisError(f"--scale {s}: values must be positive numbers (the rule is a "
+                          f"power law, fitted in log2); found {df[s][v.isna() | (v <= 0)].iloc[0]!r}")
+    if v.nunique() < 2:
+      raise AnalysisError(
+          f"--scale {s}: every row has the same value ({v.iloc[0]:g}), so it has no "
+          f"exponent to fit. Drop --scale {s}, or sweep more than one value of it")
+  groups = df.groupby(group, sort=True) if group else [("", df)]
+  p = len(scales)
+  for g, sub in groups:
+    pts = np.log2(sub[list(scales)].apply(pd.to_numeric).drop_duplicates().to_numpy(float))
+    where = f" in group {group_name(g)}" if group else ""
+    if len(pts) < p + 1:
+      raise AnalysisError(
+          f"--scale {' --scale '.join(scales)}: a rule in {p} variable{'s' * (p > 1)} needs "
+          f"at least {p + 1} distinct scale points (an intercept and one exponent each); "
+          f"the results{where} have {len(pts)}. Sweep more scale points, or drop a --scale")
+    X = np.column_stack([np.ones(len(pts)), pts])
+    if p > 1 and np.linalg.matrix_rank(X, tol=1e-9 * max(1.0, np.abs(X).max())) < p + 1:
+      raise AnalysisError(
+          f"--scale {' --scale '.join(scales)}: in the results{where} these columns move "
+          "together (each is a power of the others), so their exponents cannot be told "
+          "apart. Drop one --scale, or sweep the variables independently (a grid over both)")
+
+
 def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
-                 seed_col="seed", average=()):
-  """{(group, scale tuple): Curve}; censored (diverged / non-finite) = +inf."""
+                 seed_col="seed", average=(), profile=()):
+  """{(group, scale tuple): Curve}; censored (diverged / non-finite) = +inf.
+
+  ``profile``: columns minimised out first, per (group, scale, hp value, seed)
+  -- e.g. the batch-size optimum with ``profile=("optimizer.lr",)`` is the
+  batch size whose best learning rate on the grid gives the lowest loss."""
   flag_of = {hp: "--hp", metric: "--metric", **{s: "--scale" for s in scales}}
   cols = list(scales) + [hp, metric] + ([group] if group else [])
   if group:
     flag_of[group] = "--group"
   for c in average:
     flag_of[c] = "--average"
-  _require(df, cols + list(average), flag_of)
-  check_replicates(df, scales, hp, group, seed_col, average)
+  for c in profile:
+    flag_of[c] = "--profile"
+  _require(df, cols + list(average) + list(profile), flag_of)
+  for c in profile:
+    if c == hp or c in scales or c == group:
+      raise AnalysisError(f"--profile {c}: it is also the --hp, a --scale or the --group; "
+                          "profile out a different column")
+  check_scales(df, scales, group)
+  check_replicates(df, scales, hp, group, seed_col, tuple(average) + tuple(profile))
   df = df.copy()
   loss = pd.to_numeric(df[metric], errors="coerce").astype(float)
   censored = ~np.isfinite(loss)
@@ -118,9 +163,14 @@ def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
     censored |= df[diverged_col].fillna(False).astype(bool)
   df["_loss"] = np.where(censored, np.inf, loss)
   hpv = pd.to_numeric(df[hp], errors="coerce")
-  if (hpv <= 0).any() or hpv.isna().any():
-    raise AnalysisError(f"--hp {hp}: values must be positive numbers (fits are in log2)")
+  if (hpv <= 0).any() or hpv.isna().any() or not np.isfinite(hpv).all():
+    raise AnalysisError(f"--hp {hp}: values must be positive, finite numbers (fits are in "
+                        "log2); filter out rows where it is 0 (e.g. no weight decay)")
   df["_x"] = np.log2(hpv)
+  if profile:
+    keys = ([group] if group else []) + list(scales) + ["_x"] + \
+        ([seed_col] if seed_col and seed_col in df.columns else []) + list(average)
+    df = df.groupby(keys, sort=True, dropna=False, as_index=False)["_loss"].min()
   curves = {}
   keys = ([group] if group else []) + list(scales)
   for key, sub in df.groupby(keys, sort=True):
@@ -207,8 +257,9 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary=opt_lib.DEFAULT_
 
 def analyze(df, scales, hp, metric, group=None, targets=None, primary=opt_lib.DEFAULT_ESTIMATOR,
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
-            estimators=opt_lib.ESTIMATORS, seed_col="seed", average=()):
-  curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average)
+            estimators=opt_lib.ESTIMATORS, seed_col="seed", average=(), profile=()):
+  curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average,
+                        profile)
   optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
                                level=level, band_tol=band_tol, warn=warn)
   return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level)
@@ -240,6 +291,8 @@ def fit_rules(curves, optima, boots, scales, hp, targets=None, primary=opt_lib.D
              "coefficient_ci": rule.coefficient_ci,
              "exponent": rule.exponents[0] if len(scales) == 1 else rule.exponents,
              "exponent_ci": rule.exponents_ci[0] if len(scales) == 1 else rule.exponents_ci,
+             "exponents": {sc: {"value": k, "ci95": ci} for sc, k, ci in
+                           zip(scales, rule.exponents, rule.exponents_ci)},
              "n_scales": rule.n_points, "residual_sd_log2": rule.residual_sd}
     if "model.width" in scales:
       j = scales.index("model.width")
@@ -402,6 +455,90 @@ def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets, titl
   plt.close(fig)
 
 
+def partial_residuals(rows, rule, j, ref):
+  """Optima (and CIs) moved to the reference log2 values ``ref`` of every
+  scale variable but the j-th, along the rule's exponents: (x_j, y, lo, hi)."""
+  L = np.log2(np.array([list(v) for v in rows.scale], float))
+  others = [m for m in range(L.shape[1]) if m != j]
+  k = np.array(rule.exponents)
+  shift = 2.0 ** (-((L[:, others] - ref[others]) @ k[others]))
+  return (2.0 ** L[:, j], *(rows[c].to_numpy() * shift for c in ("optimum", "ci_low", "ci_high")))
+
+
+def plot_partial_dependence(optima, rules, path, hp, scales, primary, targets=None,
+                            title=None):
+  """Several scale variables: one panel per variable.  Each measured optimum
+  is moved to the other variables' reference values (their geometric mean
+  over the fitted points) along the fitted exponents -- a partial residual --
+  so each panel shows that variable's own effect: points (95% CI, edge optima
+  as red x), the fitted power law with its 95% band, and the target (star)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
+  from analysis import labels
+  p = len(scales)
+  fig, axes = plt.subplots(1, p, figsize=(4.6 * p, 4.2), squeeze=False)
+  colors = plt.get_cmap("tab10")
+  any_edge = False
+  for i, entry in enumerate(rules):
+    g, rule = entry["group"], entry["_rule"]
+    rows = optima[(optima.group == g) & (optima.estimator == primary) & ~optima.all_diverged]
+    used = rows[~rows.edge]
+    logs = np.log2(np.array([list(sc) for sc in used.scale], float))
+    ref = logs.mean(axis=0)
+    k = np.array(rule.exponents)
+    for j, (ax, sc) in enumerate(zip(axes[0], scales)):
+      others = [m for m in range(p) if m != j]
+      for sub, edge in ((used, False), (rows[rows.edge], True)):
+        if not len(sub):
+          continue
+        xs, y, lo, hi = partial_residuals(sub, rule, j, ref)
+        if edge:
+          any_edge = True
+          ax.plot(xs, y, "x", color="red", ms=8)
+        else:
+          ax.errorbar(xs, y, yerr=np.abs(np.vstack([y - lo, hi - y])), fmt="o", ms=4,
+                      capsize=3, color=colors(i),
+                      label=f"{labels.group(g) or 'optimum'}: exponent {k[j]:.2f} "
+                            f"[{rule.exponents_ci[j][0]:.2f}, {rule.exponents_ci[j][1]:.2f}]")
+      hi_x = max(2.0 ** logs[:, j].max(), (targets or {}).get(sc, 0))
+      grid = np.geomspace(2.0 ** logs[:, j].min(), hi_x, 64)
+      at = {s: 2.0 ** ref[m] for m, s in enumerate(scales)}
+      pts = [rule.predict({**at, sc: v}) for v in grid]
+      ax.plot(grid, [q[0] for q in pts], color=colors(i), lw=1)
+      ax.fill_between(grid, [q[1][0] for q in pts], [q[1][1] for q in pts], color=colors(i),
+                      alpha=0.15)
+      if targets and "prediction" in entry:
+        t = np.array([np.log2(targets[s]) for s in scales])
+        f = 2.0 ** (-((t[others] - ref[others]) @ k[others])) if others else 1.0
+        pr, (plo, phi) = entry["prediction"] * f, np.array(entry["prediction_ci"]) * f
+        ax.errorbar([targets[sc]], [pr], yerr=[[pr - plo], [phi - pr]], fmt="*", ms=10,
+                    color=colors(i), capsize=3)
+      ax.set_xscale("log", base=2)
+      ax.set_yscale("log", base=2)
+      ax.set_xlabel(f"{labels.name(sc)} (log2 axis)")
+      ax.set_title(", ".join(f"{labels.name(s)} at {2.0 ** ref[m]:.3g}" for m, s in
+                             enumerate(scales) if m != j) or labels.name(sc), fontsize=8)
+  axes[0][0].set_ylabel(f"optimal {labels.name(hp)}, others at reference (log2 axis)")
+  for ax in axes[0]:
+    handles, names = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="gray", lw=1), Line2D([], [], color="gray", lw=6, alpha=0.2)]
+    names += ["fitted power law", "its 95% band"]
+    if targets:
+      handles.append(Line2D([], [], color="gray", marker="*", ls="", ms=9))
+      names.append("prediction at the target (95% CI)")
+    if any_edge:
+      handles.append(Line2D([], [], color="red", marker="x", ls=""))
+      names.append("edge optimum (left out of the fit)")
+    ax.legend(handles, names, fontsize=6.5)
+  fig.suptitle(title or f"Optimal {labels.name(hp)}: each variable's effect, the others "
+               "held at their reference (partial residuals of the fitted rule)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_parity(optima, rules, path, hp, primary):
   """Several scale variables: measured optimum against the rule's prediction."""
   import matplotlib
@@ -467,32 +604,45 @@ def write_outputs(out, curves, optima, rules, args_dict, targets):
     plot_optimum_vs_scale(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
                           args_dict["hp"], args_dict["scale"][0], primary, targets)
   else:
-    plot_parity(optima, rules, os.path.join(out, "optimum_vs_scale.png"),
+    plot_partial_dependence(optima, rules, os.path.join(out, "partial_dependence.png"),
+                            args_dict["hp"], list(args_dict["scale"]), primary, targets)
+    plot_parity(optima, rules, os.path.join(out, "predicted_vs_measured.png"),
                 args_dict["hp"], primary)
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(report(optima, rj, args_dict, targets))
 
 
 def report(optima, rules, a, targets) -> str:
-  hp, scale = a["hp"], ", ".join(a["scale"])
-  lines = [f"# Transfer of `{hp}` across `{scale}`", "",
+  hp, scales = a["hp"], list(a["scale"])
+  multi = len(scales) > 1
+  figs = (["![each variable's effect](partial_dependence.png)", "",
+           "![predicted against measured optima](predicted_vs_measured.png)"] if multi
+          else ["![optimum against scale](optimum_vs_scale.png)"])
+  lines = [f"# Transfer of `{hp}` across `{', '.join(scales)}`", "",
            f"Results: `{a['results']}`; metric `{a['metric']}`; optimum estimator "
            f"`{a['estimator']}` with {a['n_boot']} bootstrap replicates; intervals are 95%."
+           + (f" `{', '.join(a['profile'])}` minimised out at each point (--profile)."
+              if a.get("profile") else "")
            + (f"\n\nMade by `{a['command']}`." if a.get("command") else ""),
-           "", "![loss against hp](loss_vs_hp.png)", "",
-           "![optimum against scale](optimum_vs_scale.png)", "", "## Rules", "",
-           "| group | hp* = c · scale^k | k (95% CI) | scales used |"
-           + (" prediction at target (95% CI) |" if targets else ""),
-           "| --- | --- | --- | --- |" + (" --- |" if targets else "")]
+           "", "![loss against hp](loss_vs_hp.png)", "", *figs, "", "## Rules", "",
+           f"`{hp}* = c · " + " · ".join(f"{sc}^k{j + 1}" for j, sc in enumerate(scales))
+           + "`, fitted in log2 by weighted least squares; CIs from refitting on bootstrap "
+           "replicates of every optimum.", "",
+           "| group | c | " + " | ".join(f"k{j + 1}: {sc} (95% CI)" for j, sc in enumerate(scales))
+           + " | scales used | residual sd (log2) |" + (" prediction at target (95% CI) |" if targets else ""),
+           "| --- | --- | " + "--- | " * len(scales) + "--- | --- |" + (" --- |" if targets else "")]
   for e in rules:
-    k = e["exponent"] if not isinstance(e["exponent"], list) else e["exponent"][0]
-    ci = e["exponent_ci"] if not isinstance(e["exponent_ci"][0], list) else e["exponent_ci"][0]
-    row = (f"| {group_name(e['group'])} | {e['coefficient']:.4g} · x^{k:.3f} | {k:.3f} "
-           f"[{ci[0]:.3f}, {ci[1]:.3f}] | {e['n_scales']} |")
+    ks = e["exponent"] if isinstance(e["exponent"], list) else [e["exponent"]]
+    cis = e["exponent_ci"] if multi else [e["exponent_ci"]]
+    row = (f"| {group_name(e['group'])} | {e['coefficient']:.4g} | "
+           + " | ".join(f"{k:.3f} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in zip(ks, cis))
+           + f" | {e['n_scales']} | {e['residual_sd_log2']:.3f} |")
     if targets:
       row += (f" {e['prediction']:.4g} [{e['prediction_ci'][0]:.4g}, "
               f"{e['prediction_ci'][1]:.4g}] |")
     lines.append(row)
+  if targets:
+    lines += ["", f"Target: {', '.join(f'{k}={v:g}' for k, v in targets.items())}."]
   lines += ["", "## Leave the largest scale out", "",
             "| group | held out | predicted | measured | predicted/measured | loss penalty |",
             "| --- | --- | --- | --- | --- | --- |"]
@@ -527,8 +677,14 @@ def parse_targets(items, scales):
       targets[k] = float(v)
     except ValueError:
       raise AnalysisError(f"--target {item!r}: {v!r} is not a number") from None
-  if targets and set(targets) != set(scales):
-    raise AnalysisError(f"--target must give every --scale column: {scales}")
+  missing = [s for s in scales if s not in targets]
+  if targets and missing:
+    raise AnalysisError(
+        f"--target gives {', '.join(targets)} but not {', '.join(missing)}: a prediction "
+        f"needs every --scale variable; add --target {missing[0]}=VALUE")
+  for k, v in targets.items():
+    if not (np.isfinite(v) and v > 0):
+      raise AnalysisError(f"--target {k}={v:g}: a scale must be a positive number")
   return targets or None
 
 
@@ -541,7 +697,11 @@ def main(argv=None) -> int:
                        ".parquet table of rows")
   ap.add_argument("--scale", action="append", required=True,
                   help="scale column, e.g. model.width (repeat for several variables)")
-  ap.add_argument("--hp", required=True, help="hyperparameter column, e.g. optimizer.lr")
+  ap.add_argument("--hp", required=True,
+                  help="hyperparameter column, e.g. optimizer.lr; 'timescale' is derived "
+                       "when absent: the weight-decay timescale as a fraction of training, "
+                       "1/(lr*weight_decay*steps) coupled, 1/(weight_decay*steps) "
+                       "independent (analysis/weight_decay.py; rows without decay dropped)")
   ap.add_argument("--metric", default="final_eval_loss",
                   help="loss column whose minimum over --hp is the optimum")
   ap.add_argument("--group", default=None,
@@ -557,6 +717,10 @@ def main(argv=None) -> int:
                        "averaged, and their spread is the noise")
   ap.add_argument("--average", action="append", default=[],
                   help="another column to pool as replicates (repeatable), e.g. data.seed")
+  ap.add_argument("--profile", action="append", default=[],
+                  help="a column to minimise out at each (scale, hp value, seed) before "
+                       "the optimum is found (repeatable): --hp train.batch_size --profile "
+                       "optimizer.lr gives the batch size whose best LR on the grid does best")
   ap.add_argument("--diverged_col", default="diverged",
                   help="boolean column marking diverged runs (counted as worse than any "
                        "finite loss)")
@@ -572,12 +736,16 @@ def main(argv=None) -> int:
   a.command = "python -m analysis.fit " + " ".join(sys.argv[1:] if argv is None else argv)
   try:
     df = read_results(a.results)
+    if a.hp == "timescale" and "timescale" not in df.columns:
+      from analysis import weight_decay
+      df = weight_decay.add_timescale(df)
+      df = df[df.timescale.notna() & np.isfinite(df.timescale)]
     targets = parse_targets(a.target, a.scale)
     warn = lambda m: print(m, file=sys.stderr)
     curves, optima, rules = analyze(df, a.scale, a.hp, a.metric, a.group, targets,
                                     a.estimator, a.diverged_col, a.n_boot,
                                     band_tol=a.band_tol, warn=warn, seed_col=a.seed_col,
-                                    average=tuple(a.average))
+                                    average=tuple(a.average), profile=tuple(a.profile))
     write_outputs(a.out, curves, optima, rules, vars(a), targets)
   except AnalysisError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -592,7 +760,9 @@ def main(argv=None) -> int:
       lo, hi = e["prediction_ci"]
       msg += f"; at {targets}: {e['prediction']:.4g} [{lo:.4g}, {hi:.4g}]"
     print(msg + "  (exponents with 95% CIs)")
-  print(f"wrote {a.out}/: optima.csv rules.json report.md loss_vs_hp.png optimum_vs_scale.png"
+  figs = ("partial_dependence.png predicted_vs_measured.png" if len(a.scale) > 1
+          else "optimum_vs_scale.png")
+  print(f"wrote {a.out}/: optima.csv rules.json report.md loss_vs_hp.png {figs}"
         + (" recommended.yaml" if targets else ""))
   return 0
 
