@@ -257,25 +257,29 @@ def optima_table(curves, estimators=opt_lib.ESTIMATORS, primary=opt_lib.DEFAULT_
 
 def analyze(df, scales, hp, metric, group=None, targets=None, primary=opt_lib.DEFAULT_ESTIMATOR,
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
-            estimators=opt_lib.ESTIMATORS, seed_col="seed", average=(), profile=()):
+            estimators=opt_lib.ESTIMATORS, seed_col="seed", average=(), profile=(),
+            keep_edges=False):
   curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average,
                         profile)
   optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
                                level=level, band_tol=band_tol, warn=warn)
-  return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level)
+  return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level,
+                                   keep_edges)
 
 
 def fit_rules(curves, optima, boots, scales, hp, targets=None, primary=opt_lib.DEFAULT_ESTIMATOR,
-              level=0.95) -> list[dict]:
+              level=0.95, keep_edges=False) -> list[dict]:
   """One rule per group from an ``optima_table`` (its primary estimator; when
-  the table holds one estimator only, that one)."""
+  the table holds one estimator only, that one).  ``keep_edges``: fit optima
+  on the grid's edge too (the true optimum may lie beyond: for smoke tests of
+  a pipeline, never for a rule one means to use)."""
   if primary not in set(optima.estimator):
     primary = optima.attrs.get("primary", optima.estimator.iloc[0])
   groups = sorted({g for g, _ in curves})
   rules = []
   for g in groups:
     prim = optima[(optima.group == g) & (optima.estimator == primary)
-                  & ~optima.edge & ~optima.all_diverged]
+                  & (keep_edges | ~optima.edge) & ~optima.all_diverged]
     if len({sc for sc in prim.scale}) < 2:
       all_scales = sorted({sc for gg, sc in curves if gg == g})
       raise AnalysisError(
@@ -302,6 +306,9 @@ def fit_rules(curves, optima, boots, scales, hp, targets=None, primary=opt_lib.D
       pred, ci = rule.predict(targets, level)
       entry.update({"target": targets, "prediction": pred, "prediction_ci": ci})
     entry["validation"] = _leave_largest_out(curves, prim, boots, g, scales, primary, level)
+    # The bootstrap refits, so that rules can be chained with their joint
+    # uncertainty (analysis.recommend): rows of (log2 c, k1, k2, ...).
+    entry["bootstrap_log2_coef"] = rule.boot_coef
     entry["_rule"] = rule
     rules.append(entry)
   return rules
@@ -310,8 +317,9 @@ def fit_rules(curves, optima, boots, scales, hp, targets=None, primary=opt_lib.D
 def _leave_largest_out(curves, prim, boots, g, scales, primary, level):
   """Fit without the largest scale, predict it, and price the miss."""
   order = sorted(prim.scale, key=lambda s: np.prod(s))
-  if len(order) < 3:
-    return {"skipped": "needs three or more scales with an interior optimum"}
+  if len(order) < len(scales) + 2:
+    return {"skipped": f"needs {len(scales) + 2} or more scales with an interior optimum "
+                       f"(a rule in {len(scales)} variable{'s' * (len(scales) > 1)} without one)"}
   largest, rest = order[-1], order[:-1]
   sub = prim[prim.scale.isin(rest)]
   rule = fit_rule(np.array([list(s) for s in sub.scale]), sub.log2_optimum.to_numpy(),

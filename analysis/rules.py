@@ -85,3 +85,17 @@ def fit_rule(scale_values: np.ndarray, log2_opt: np.ndarray, boot: np.ndarray,
       coefficient_ci=[float(2.0 ** qs[0, 0]), float(2.0 ** qs[1, 0])],
       n_points=n, residual_sd=float(np.sqrt(np.sum(resid ** 2) / dof)),
       boot_coef=boot_coef)
+
+
+def rule_from_json(entry: dict) -> Rule:
+  """A Rule back from a rules.json entry of ``analysis.fit``."""
+  if "bootstrap_log2_coef" not in entry:
+    raise AnalysisError("this rules.json predates bootstrap_log2_coef; rerun analysis.fit")
+  scales = entry["scale"] if isinstance(entry["scale"], list) else [entry["scale"]]
+  ks = entry["exponent"] if isinstance(entry["exponent"], list) else [entry["exponent"]]
+  cis = entry["exponent_ci"] if isinstance(entry["exponent"], list) else [entry["exponent_ci"]]
+  return Rule(scales=list(scales), coefficient=float(entry["coefficient"]),
+              exponents=[float(k) for k in ks], exponents_ci=cis,
+              coefficient_ci=entry["coefficient_ci"], n_points=entry["n_scales"],
+              residual_sd=entry["residual_sd_log2"],
+              boot_coef=np.asarray(entry["bootstrap_log2_coef"], float))

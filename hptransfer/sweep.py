@@ -78,6 +78,10 @@ ROW_KEYS = ("parameterization.name", "model.name", "model.width", "model.depth",
             "optimizer.name", "optimizer.lr", "optimizer.weight_decay",
             "parameterization.base_width", "parameterization.alpha", "seed",
             "train.steps", "train.batch_size", "data.seq_len", "data.name")
+# Recorded where the config has them (the decay mode and the schedule decide
+# what a weight decay or a warmup means: analysis/weight_decay.py).
+OPTIONAL_ROW_KEYS = ("optimizer.weight_decay_mode", "optimizer.schedule",
+                     "optimizer.warmup_steps")
 
 
 def resolve_trial_loop(trial_loop: str, sharded: bool) -> str:
@@ -234,6 +238,11 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     extra = {m: cut([[s, v[k]] for s, v in curves[f"eval_{m}"]]) for m in extra_metrics}
     finite = lambda c: [l for _, l in c if l is not None and np.isfinite(l)]
     row = {key: get_key(trial.cfg, key) for key in ROW_KEYS}
+    for key in OPTIONAL_ROW_KEYS:
+      try:
+        row[key] = get_key(trial.cfg, key)
+      except (KeyError, AttributeError):
+        pass
     if trial.cfg.model.get("module"):
       row["model.module"] = trial.cfg.model.module
     if "task" in trial.cfg and trial.cfg.task.name != "lm":
@@ -251,6 +260,9 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
         "diverged": diverged, "diverged_step": dstep,
         "pruned": pstep is not None, "pruned_step": pstep,
         "steps": trained, "tokens": trained * B * per_row,
+        # The planned budget (train.steps x batch x predictions per row): the
+        # D of scaling-law fits, the same for a trial that diverged early.
+        "token_budget": int(trial.cfg.train.steps) * B * per_row,
         "num_params": builts[k].num_params(),
         "num_params_embedding_free": num_params_embedding_free(builts[k]),
         "flops": fpt * trained * B * per_row,
