@@ -22,6 +22,12 @@ prediction at the target with its CI, leave-largest-out validation),
 against log2 hp per scale, one panel per group, optimum and near-optimal band
 marked: Tensor Programs V Fig. 1 layout) and ``optimum_vs_scale.png`` (optimum
 against scale on log-log axes with the fit, its CI band and the extrapolation).
+With several ``--scale`` variables (N, D, batch size: docs/analysis.md) the
+rule is ``hp* = c * x1^k1 * x2^k2 ...`` and the figures are
+``partial_dependence.png`` (one panel per variable, the others held at their
+reference) and ``predicted_vs_measured.png``.  ``--profile optimizer.lr``
+minimises the LR out first (the batch-size optimum); ``--hp timescale``
+fits AdamW's decay timescale (analysis/weight_decay.py).
 """
 from __future__ import annotations
 
@@ -407,13 +413,28 @@ def plot_loss_vs_hp(curves, optima, path, hp, metric, primary, band_tol, units="
   plt.close(fig)
 
 
+def _rule_legend(ax, targets, any_edge, fontsize):
+  """The axes' own entries plus the fitted line, its band, the target star
+  and the edge marker (where present)."""
+  from matplotlib.lines import Line2D
+  handles, names = ax.get_legend_handles_labels()
+  handles += [Line2D([], [], color="gray", lw=1), Line2D([], [], color="gray", lw=6, alpha=0.2)]
+  names += ["fitted power law", "its 95% band"]
+  if targets:
+    handles.append(Line2D([], [], color="gray", marker="*", ls="", ms=9))
+    names.append("prediction at the target (95% CI)")
+  if any_edge:
+    handles.append(Line2D([], [], color="red", marker="x", ls=""))
+    names.append("optimum on the grid's edge (left out of the fit)")
+  ax.legend(handles, names, fontsize=fontsize)
+
+
 def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets, title=None):
   """Optimum (95% CI) against scale on log-log axes, the fitted rule with its
   95% band, and the prediction at the target (star)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from matplotlib.lines import Line2D
   from analysis import labels
   fig, ax = plt.subplots(figsize=(5.6, 4.3))
   colors = plt.get_cmap("tab10")
@@ -446,16 +467,7 @@ def plot_optimum_vs_scale(optima, rules, path, hp, scale, primary, targets, titl
   ax.set_yscale("log", base=2)
   ax.set_xlabel(f"{labels.name(scale)} (log2 axis)")
   ax.set_ylabel(f"optimal {labels.name(hp)} (log2 axis)")
-  handles, names = ax.get_legend_handles_labels()
-  handles += [Line2D([], [], color="gray", lw=1), Line2D([], [], color="gray", lw=6, alpha=0.2)]
-  names += ["fitted power law", "its 95% band"]
-  if targets:
-    handles.append(Line2D([], [], color="gray", marker="*", ls="", ms=9))
-    names.append("prediction at the target (95% CI)")
-  if any_edge:
-    handles.append(Line2D([], [], color="red", marker="x", ls=""))
-    names.append("optimum on the grid's edge (left out of the fit)")
-  ax.legend(handles, names, fontsize=7)
+  _rule_legend(ax, targets, any_edge, fontsize=7)
   ax.set_title(title or f"Optimal {labels.name(hp)} against {labels.name(scale)}: "
                "measured (95% CI) and fitted", fontsize=9)
   fig.tight_layout()
@@ -483,7 +495,6 @@ def plot_partial_dependence(optima, rules, path, hp, scales, primary, targets=No
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from matplotlib.lines import Line2D
   from analysis import labels
   p = len(scales)
   fig, axes = plt.subplots(1, p, figsize=(4.6 * p, 4.2), squeeze=False)
@@ -528,20 +539,12 @@ def plot_partial_dependence(optima, rules, path, hp, scales, primary, targets=No
       ax.set_xlabel(f"{labels.name(sc)} (log2 axis)")
       ax.set_title(", ".join(f"{labels.name(s)} at {2.0 ** ref[m]:.3g}" for m, s in
                              enumerate(scales) if m != j) or labels.name(sc), fontsize=8)
-  axes[0][0].set_ylabel(f"optimal {labels.name(hp)}, others at reference (log2 axis)")
+  axes[0][0].set_ylabel(f"optimal {labels.name(hp)}\n(others at their reference; log2 axis)")
   for ax in axes[0]:
-    handles, names = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color="gray", lw=1), Line2D([], [], color="gray", lw=6, alpha=0.2)]
-    names += ["fitted power law", "its 95% band"]
-    if targets:
-      handles.append(Line2D([], [], color="gray", marker="*", ls="", ms=9))
-      names.append("prediction at the target (95% CI)")
-    if any_edge:
-      handles.append(Line2D([], [], color="red", marker="x", ls=""))
-      names.append("edge optimum (left out of the fit)")
-    ax.legend(handles, names, fontsize=6.5)
-  fig.suptitle(title or f"Optimal {labels.name(hp)}: each variable's effect, the others "
-               "held at their reference (partial residuals of the fitted rule)", fontsize=9)
+    _rule_legend(ax, targets, any_edge, fontsize=6.5)
+  fig.suptitle(title or f"Optimal {labels.name(hp)}: each variable's effect\n(the others held "
+               "at their reference values: partial residuals of the fitted rule; 95% CIs)",
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -34,7 +34,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke mesh_step bench mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer muon_transfer lion_transfer residual_drift} "
+STAGES=" ${STAGES:-smoke mesh_step bench mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer muon_transfer lion_transfer residual_drift step_law wd_transfer held_out} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -164,10 +164,11 @@ EXP=(env "XLA_FLAGS=$EXP_XLA_FLAGS")   # a command prefix that works under timeo
 # --- 3. the figure reproductions' GPU presets --------------------------------------------
 # Group walls (16-24 vmapped trials, 300 steps): 29-53 s on the H100 lease with
 # XLA's defaults, 20-40 s of it compiling one program; the limits below are per
-# stage, and the whole run stays within BUDGET.
+# stage, and the whole run stays within BUDGET.  held_out reads step_law's and
+# wd_transfer's rows from their work directories beside its own.
 for spec in tp5_fig1:200 mutransfer_demo:150 depth_transfer:200 horizon:150 \
             other_hps:200 coord_check_fig:150 search_transfer:300 muon_transfer:200 lion_transfer:150 \
-            residual_drift:300; do
+            residual_drift:300 step_law:300 wd_transfer:240 held_out:150; do
   name=${spec%%:*}; limit=${spec##*:}
   want "$name" || continue
   stage "$name" "$limit" "${EXP[@]}" $PY "experiments/$name.py" --preset gpu \

@@ -177,3 +177,43 @@ def test_a_group_that_cannot_be_fitted_leaves_the_others_rules(tmp_path):
   assert inside["slope_ci"][0] <= -0.5 <= inside["slope_ci"][1]
   assert "slope" not in res["groups"]["edge"]
   assert "group edge" in res["fit_error"]
+
+
+@pytest.mark.slow
+def test_step_law_wd_transfer_and_held_out_tiny_chain(tmp_path):
+  """The three (N, D, B) experiments end to end: held_out reads the rows the
+  other two left in its sibling work directories (it trains none of them
+  again), fits the four rules without the held-out cell, writes a
+  recommended.yaml that chains them, and trains the prediction and its
+  neighbours there."""
+  import yaml
+  from experiments import held_out, step_law, wd_transfer
+  sl = step_law.run("tiny", str(tmp_path / "step_law_tiny"), str(tmp_path / "sl"), progress=False)
+  wd = wd_transfer.run("tiny", str(tmp_path / "wd_transfer_tiny"), str(tmp_path / "wd"),
+                       progress=False)
+  rows_before = {d: (tmp_path / d / "results.jsonl").read_text().count("\n")
+                 for d in ("step_law_tiny", "wd_transfer_tiny")}
+  res = held_out.run("tiny", str(tmp_path / "held_out_tiny"), str(tmp_path / "ho"), progress=False)
+  for d, n in rows_before.items():
+    assert (tmp_path / d / "results.jsonl").read_text().count("\n") == n    # reused
+  assert sl["fits"]["lr_nd"]["mup"]["exponents"].keys() == {step_law.N_COL, step_law.D_COL}
+  assert set(wd["verdict"]) == {"across width", "across horizon", "across the LR"}
+  rec = yaml.safe_load((tmp_path / "ho" / "recommended.yaml").read_text())["hyperparameters"]
+  assert {"train.batch_size", "optimizer.lr", "optimizer.weight_decay",
+          "optimizer.warmup_steps"} <= set(rec)
+  for k in ("optimizer.lr", "optimizer.weight_decay"):
+    lo, hi = rec[k]["ci95"]
+    assert lo <= rec[k]["value"] <= hi and "rule" in rec[k]
+  # The decay is the timescale rule turned into a coefficient at the predicted LR.
+  steps = rec["train.steps"]["value"]
+  assert rec["optimizer.weight_decay"]["value"] == pytest.approx(
+      1 / (rec["optimizer.lr"]["value"] * rec["optimizer.weight_decay"]["timescale"] * steps))
+  r = res["regret"]
+  assert r["regret"] == pytest.approx(r["per_config"]["prediction"] - min(r["per_config"].values()),
+                                      abs=1e-4)
+  assert set(r["per_config"]) >= {"prediction", "lr x0.5", "lr x2", "no decay"}
+  held = res["held_out"]
+  assert held["width"] == max(step_law.PRESETS["tiny"]["widths"])
+  for name, out in (("step_law", "sl"), ("wd_transfer", "wd"), ("held_out", "ho")):
+    assert (tmp_path / out / f"{name}.md").stat().st_size > 500
+  assert (tmp_path / "ho" / "held_out.png").stat().st_size > 5000
