@@ -168,6 +168,36 @@ def _k(fit: dict, group: str, var: str) -> str:
   return f"{e['value']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def held_out_lines(fits: dict, names: dict, tolerance: float = 0.005) -> list[str]:
+  """Each rule's leave-the-largest-scale-out check (analysis.fit's
+  validation): refitted without the largest (N, D), its prediction there
+  against the measured optimum, and the regret on that scale's measured curve
+  (the loss at the predicted value minus the curve's best)."""
+  out = []
+  for key, label in names.items():
+    f = fits.get(key, {})
+    for g, e in f.items():
+      if not isinstance(e, dict) or "validation" not in e:
+        continue
+      v = e["validation"]
+      who = f"{label}" + (f" ({g})" if g != "all" else "")
+      if "skipped" in v:
+        out.append(f"- {who}: no check ({v['skipped']}).")
+        continue
+      lo, hi = v["predicted_ci"]
+      inside = lo <= v["measured"] <= hi
+      pen = v["loss_penalty"]
+      best = v["loss_at_prediction"] - pen if np.isfinite(pen) else float("nan")
+      verdict = ("held" if np.isfinite(pen) and pen <= tolerance * best else "did not hold")
+      at = ", ".join(f"{ {N_COL: 'N', D_COL: 'D', B_COL: 'B'}.get(k, k)}={x:.4g}"
+                     for k, x in v["held_out"].items())
+      out.append(f"- {who} at {at}: predicted {v['predicted']:.4g} [{lo:.4g}, {hi:.4g}], measured "
+                 f"{v['measured']:.4g} ({'inside' if inside else 'outside'} the interval); "
+                 f"regret {pen:+.4f} nats/byte ({pen / best:.2%} of the best loss): **{verdict}** "
+                 f"(bar: {tolerance:.1%}).")
+  return out
+
+
 def _trend(fit: dict, group: str, var: str) -> str:
   e = fit.get(group, {}).get("exponents", {}).get(var)
   if not e:
@@ -238,6 +268,11 @@ B* ∝ D^+{PUBLISHED['batch_tokens']['D']} (no N term).
   2e9–1e11: the exponents are local slopes of a far smaller regime (runs far from
   convergence, where the schedule and the noise of few steps shape the optimum), with
   intervals to match.
+
+**Held-out check** (each rule refitted without its largest scale point -- the
+largest N x D (x B) -- and predicted there; the regret is read off that point's
+measured curve, one seed; `held_out` trains the full prediction with seeds):
+{chr(10).join(held_out_lines(f, {"lr_nd": "lr* in (N, D)", "lr_ndb": "lr* in (N, D, B)"}))}
 
 Optima on the LR (or batch) grid's edge, left out of the fits: {edges}.
 {errors}

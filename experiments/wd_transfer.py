@@ -315,6 +315,10 @@ they part when the LR moves: a constant tau means
 coupled wd* ∝ 1/lr (exponent -1) and independent wd* constant (0); a constant
 coupled wd* (tau ∝ 1/lr) means exponents 0 and +1.
 
+**Held-out check** (refitted without the largest N x D cell and predicted
+there; regret on that cell's measured curve, seed mean):
+{chr(10).join(step_law.held_out_lines(f, {"wd": "raw wd", "tau": "tau"}))}
+
 Loss at the best coupled decay minus without decay (nats/byte, negative = decay
 helps): {gains}.
 {chr(10).join('Warning: ' + w for w in warn)}
