@@ -81,6 +81,12 @@ def test_a_diverging_trial_does_not_touch_the_others(tmp_path):
   a, b = _rows_by_lr(with_bad), _rows_by_lr(without)
   assert a[1e4]["diverged"] and a[1e4]["diverged_step"] >= 1
   assert a[1e4]["final_eval_loss"] is None and a[1e4]["steps"] < 20
+  # D of a scaling fit: the planned budget, the same for the diverged trial;
+  # tokens counts what was trained.
+  per_step = cfg.train.batch_size * cfg.data.seq_len
+  assert {r["token_budget"] for r in with_bad} == {cfg.train.steps * per_step}
+  assert a[1e4]["tokens"] == a[1e4]["steps"] * per_step < a[1e4]["token_budget"]
+  assert a[1e-3]["optimizer.weight_decay_mode"] == cfg.optimizer.weight_decay_mode
   for lr in lrs:
     assert not a[lr]["diverged"]
     for key in ("final_train_loss", "final_eval_loss", "best_eval_loss", "steps"):
