@@ -160,7 +160,6 @@ def build_curves(df, scales, hp, metric, group=None, diverged_col="diverged",
     if c == hp or c in scales or c == group:
       raise AnalysisError(f"--profile {c}: it is also the --hp, a --scale or the --group; "
                           "profile out a different column")
-  check_scales(df, scales, group)
   check_replicates(df, scales, hp, group, seed_col, tuple(average) + tuple(profile))
   df = df.copy()
   loss = pd.to_numeric(df[metric], errors="coerce").astype(float)
@@ -265,6 +264,9 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary=opt_lib.DE
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
             estimators=opt_lib.ESTIMATORS, seed_col="seed", average=(), profile=(),
             keep_edges=False):
+  _require(df, list(scales) + ([group] if group else []),
+           {**{s: "--scale" for s in scales}, group: "--group"})
+  check_scales(df, scales, group)
   curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average,
                         profile)
   optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
@@ -503,13 +505,14 @@ def plot_partial_dependence(optima, rules, path, hp, scales, primary, targets=No
   for i, entry in enumerate(rules):
     g, rule = entry["group"], entry["_rule"]
     rows = optima[(optima.group == g) & (optima.estimator == primary) & ~optima.all_diverged]
-    used = rows[~rows.edge]
-    logs = np.log2(np.array([list(sc) for sc in used.scale], float))
+    # The points the rule was fitted on (all of them when it kept edge optima).
+    used = rows[~rows.edge] if (~rows.edge).any() and rule.n_points < len(rows) else rows
+    logs = np.log2(np.array([list(sc) for sc in used.scale], float)).reshape(-1, p)
     ref = logs.mean(axis=0)
     k = np.array(rule.exponents)
     for j, (ax, sc) in enumerate(zip(axes[0], scales)):
       others = [m for m in range(p) if m != j]
-      for sub, edge in ((used, False), (rows[rows.edge], True)):
+      for sub, edge in ((used, False), (rows[rows.edge & ~rows.index.isin(used.index)], True)):
         if not len(sub):
           continue
         xs, y, lo, hi = partial_residuals(sub, rule, j, ref)

@@ -29,7 +29,7 @@ from hptransfer.sweep import product, sweep  # noqa: E402
 
 NAME = "step_law"
 PRESETS = {
-    "tiny": dict(widths=[16, 24], steps=[8, 16], lrs=2.0 ** np.arange(-8, 1, 2), batch=2,
+    "tiny": dict(widths=[16, 24], steps=[4, 8], lrs=2.0 ** np.arange(-8, 1, 2), batch=2,
                  seq=16, head_dim=8, batch_widths=[16], batches=[1, 2, 4], seeds=[0],
                  parameterizations=["sp", "mup"], keep_edges=True),
     "cpu": dict(widths=[32, 64, 96, 128], steps=[100, 200, 400], lrs=2.0 ** np.arange(-10, -2),

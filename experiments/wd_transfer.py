@@ -32,7 +32,7 @@ from hptransfer.sweep import product, sweep  # noqa: E402
 
 NAME = "wd_transfer"
 PRESETS = {
-    "tiny": dict(widths=[16, 24], steps=[8, 16], mid_width=16, mid_steps=8, lr=2.0 ** -4,
+    "tiny": dict(widths=[16, 24], steps=[4, 8], mid_width=16, mid_steps=4, lr=2.0 ** -4,
                  wds=2.0 ** np.arange(-2, 7, 2), warmup_fracs=[0.125, 0.25, 0.5], batch=2, seq=16,
                  head_dim=8, seeds=[0], lr_mults=[0.25, 1.0], keep_edges=True),
     "cpu": dict(widths=[32, 64, 128], steps=[100, 200, 400], mid_width=64, mid_steps=200,
