@@ -203,7 +203,7 @@ def _trend(fit: dict, group: str, var: str) -> str:
   if not e:
     return "was not fitted"
   lo, hi = e["ci95"]
-  k = f"(exponent {e['value']:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+  k = f"(exponent {_k(fit, group, var)})"
   return (f"falls {k}" if hi < 0 else f"rises {k}" if lo > 0
           else f"shows no clear trend {k}, 0 inside the CI")
 
