@@ -264,11 +264,9 @@ def analyze(df, scales, hp, metric, group=None, targets=None, primary=opt_lib.DE
             diverged_col="diverged", n_boot=500, level=0.95, band_tol=0.0025, warn=print,
             estimators=opt_lib.ESTIMATORS, seed_col="seed", average=(), profile=(),
             keep_edges=False):
-  _require(df, list(scales) + ([group] if group else []),
-           {**{s: "--scale" for s in scales}, group: "--group"})
-  check_scales(df, scales, group)
   curves = build_curves(df, scales, hp, metric, group, diverged_col, seed_col, average,
                         profile)
+  check_scales(df, scales, group)     # before any optimum is estimated
   optima, boots = optima_table(curves, estimators, primary=primary, n_boot=n_boot,
                                level=level, band_tol=band_tol, warn=warn)
   return curves, optima, fit_rules(curves, optima, boots, scales, hp, targets, primary, level,
@@ -679,18 +677,26 @@ def report(optima, rules, a, targets) -> str:
   return "\n".join(lines)
 
 
-def parse_targets(items, scales):
-  targets = {}
+def key_values(items, example="model.width=8192") -> dict[str, float]:
+  """``--target key=value`` items as {key: float}; a malformed item is an
+  AnalysisError naming it (the analysis CLIs share this)."""
+  out = {}
   for item in items or []:
     if "=" not in item:
-      raise AnalysisError(f"--target {item!r}: write it as key=value, e.g. model.width=8192")
+      raise AnalysisError(f"--target {item!r}: write it as key=value, e.g. {example}")
     k, v = item.split("=", 1)
-    if k not in scales:
-      raise AnalysisError(f"--target {k}: not one of the --scale columns {scales}")
     try:
-      targets[k] = float(v)
+      out[k] = float(v)
     except ValueError:
       raise AnalysisError(f"--target {item!r}: {v!r} is not a number") from None
+  return out
+
+
+def parse_targets(items, scales):
+  targets = key_values(items)
+  for k in targets:
+    if k not in scales:
+      raise AnalysisError(f"--target {k}: not one of the --scale columns {scales}")
   missing = [s for s in scales if s not in targets]
   if targets and missing:
     raise AnalysisError(
@@ -753,7 +759,7 @@ def main(argv=None) -> int:
     if a.hp == "timescale" and "timescale" not in df.columns:
       from analysis import weight_decay
       df = weight_decay.add_timescale(df)
-      df = df[df.timescale.notna() & np.isfinite(df.timescale)]
+      df = df[np.isfinite(df.timescale)]
     targets = parse_targets(a.target, a.scale)
     warn = lambda m: print(m, file=sys.stderr)
     curves, optima, rules = analyze(df, a.scale, a.hp, a.metric, a.group, targets,

@@ -44,12 +44,11 @@ def load_rule(path: str, group=None) -> Rule:
       entries = json.load(f)
   except (OSError, ValueError) as e:
     raise AnalysisError(f"{path}: not a readable rules.json ({e})") from None
-  if group is not None:
-    entries = [e for e in entries if str(e["group"]) == str(group)]
-  if len(entries) != 1:
-    groups = [e["group"] for e in json.load(open(path))]
-    raise AnalysisError(f"{path}: holds the groups {groups}; name one with --group")
-  return rule_from_json(entries[0])
+  chosen = entries if group is None else [e for e in entries if str(e["group"]) == str(group)]
+  if len(chosen) != 1:
+    raise AnalysisError(f"{path}: holds the groups {[e['group'] for e in entries]}; "
+                        "name one with --group")
+  return rule_from_json(chosen[0])
 
 
 def _z(rule: Rule, point: dict) -> np.ndarray:
@@ -62,7 +61,8 @@ def _z(rule: Rule, point: dict) -> np.ndarray:
 
 
 def _log2_at(rule: Rule, point: dict) -> float:
-  return float(np.array([np.log2(rule.coefficient)] + rule.exponents) @ _z(rule, point))
+  _z(rule, point)                     # every variable given
+  return float(np.log2(rule.predict(point)[0]))
 
 
 def _interval(draws, level=0.95):
@@ -164,13 +164,8 @@ def main(argv=None) -> int:
   ap.add_argument("--out", required=True, help="recommended.yaml to write")
   a = ap.parse_args(argv)
   try:
-    target = {}
-    for item in a.target:
-      k, _, v = item.partition("=")
-      try:
-        target[k] = float(v)
-      except ValueError:
-        raise AnalysisError(f"--target {item!r}: write it as scale=number") from None
+    from analysis.fit import key_values
+    target = key_values(a.target, example=f"{D_COL}=8e9")
     rules = {k: load_rule(getattr(a, k), a.group) if getattr(a, k) else None
              for k in ("lr", "batch", "timescale", "warmup")}
     rec = recommend(target, a.seq_len, rules["lr"], rules["batch"], rules["timescale"],

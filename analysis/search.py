@@ -202,12 +202,8 @@ def main(argv=None) -> int:
   ap.add_argument("--out", required=True, help="directory for the report and figure")
   a = ap.parse_args(argv)
   try:
-    targets = {}
-    for item in a.target:
-      k_, _, v = item.partition("=")
-      if not v:
-        raise AnalysisError(f"--target {item!r}: write it as key=value, e.g. model.width=256")
-      targets[k_] = float(v)
+    from analysis.fit import key_values
+    targets = key_values(a.target, example="model.width=256")
     res = write(a.workdir, a.out, a.study, a.storage, a.metric, targets or None, a.top, a.units)
   except AnalysisError as e:
     print(f"error: {e}", file=sys.stderr)

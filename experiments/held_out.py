@@ -67,28 +67,25 @@ def neighbours(pred: dict) -> list[tuple[str, dict]]:
   return out
 
 
-def trials(p_sl, p, width, tokens, hps_list):
-  """Sweep overrides for each (label, hps) at the held-out width and D."""
+def trials(base, p_sl, p, width, tokens, hps_list):
+  """Sweep overrides for each (label, hps) at the held-out width and D, and
+  {trial id: label}.  A neighbour that resolves to a trial already listed
+  (e.g. a warmup capped at half the run) keeps the first label."""
+  from hptransfer import sweep as sweep_lib
   grid, labels = [], {}
   for label, h in hps_list:
-    c = wd_transfer.config(dict(p_sl, lr=h["lr"]))
     steps = max(1, int(round(tokens / (h["batch"] * p_sl["seq"]))))
     warm = max(1, int(round(h["warmup_frac"] * steps))) if h["warmup_frac"] > 0 else 0
-    part = product(sweep("model.width", [width]), *step_law._horizon(c, steps, h["batch"]),
+    horizon = step_law._horizon(base.copy_and_resolve_references(), steps, h["batch"])
+    part = product(sweep("model.width", [width]), *horizon,
                    sweep("optimizer.lr", [float(h["lr"])]),
                    sweep("optimizer.weight_decay", [float(h["wd"])]),
                    sweep("optimizer.warmup_steps", [warm]), sweep("seed", p["seeds"]))
-    for t in part:
-      if _key(t) in labels and labels[_key(t)] != label:
-        continue            # a neighbour that rounds onto another (e.g. warmup capped)
-      labels[_key(t)] = label
-      grid.append(t)
+    for ov, t in zip(part, sweep_lib.expand(base, part)):
+      if t.id not in labels:
+        labels[t.id] = label
+        grid.append(ov)
   return grid, labels
-
-
-def _key(over: dict) -> tuple:
-  return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in over.items()
-                      if k != "seed"))
 
 
 def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
@@ -171,10 +168,10 @@ def run(preset: str, workdir: str, out: str, progress: bool = True) -> dict:
   pred = {"lr": rec["optimizer.lr"]["value"], "batch": rec["train.batch_size"]["value"],
           "wd": rec["optimizer.weight_decay"]["value"],
           "warmup_frac": rec["optimizer.warmup_steps"]["fraction"]}
-  grid, labels = trials(p_sl, p, width, tokens, neighbours(pred))
-  df = common.run_sweep(wd_transfer.config(p_sl | {"lr": pred["lr"]}), grid, workdir,
-                        progress=progress)
-  df["label"] = _labels(df, labels)
+  base = wd_transfer.config(p_sl | {"lr": pred["lr"]})
+  grid, labels = trials(base, p_sl, p, width, tokens, neighbours(pred))
+  df = common.run_sweep(base, grid, workdir, progress=progress)
+  df["label"] = df.trial_id.map(labels)
   res.update({"recommended": rec, "prediction": pred, "regret": regret(df, held),
               "lr_at_fixed_batch": lr_check(fits["lr"], held, p_sl),
               "machine": common.machine(), "sweep_wall_s": common.group_seconds(df),
@@ -204,18 +201,6 @@ def constant_rule(value: float):
   return Rule(scales=[N_COL, D_COL], coefficient=value, exponents=[0.0, 0.0],
               exponents_ci=[[0.0, 0.0], [0.0, 0.0]], coefficient_ci=[value, value],
               n_points=0, residual_sd=0.0, boot_coef=boot)
-
-
-def _labels(df, labels) -> list[str]:
-  keys = ("model.width", "train.steps", "train.eval_every", "train.checkpoint_every",
-          "train.log_every", "train.batch_size", "optimizer.lr", "optimizer.weight_decay",
-          "optimizer.warmup_steps")
-  out = []
-  for _, r in df.iterrows():
-    k = tuple(sorted((c, round(float(r[c]), 12) if isinstance(r[c], float) else r[c])
-                     for c in keys))
-    out.append(labels.get(k, "?"))
-  return out
 
 
 def regret(df, held_grid) -> dict:

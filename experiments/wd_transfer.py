@@ -50,7 +50,7 @@ N_COL, D_COL = step_law.N_COL, step_law.D_COL
 def config(p):
   """step_law's config (cosine to 10%, muP at base width = the smallest),
   AdamW at the preset's LR."""
-  c = step_law.config(dict(p, widths=p["widths"]))
+  c = step_law.config(p)
   c.parameterization.name = "mup"
   c.optimizer.name = "adamw"
   c.optimizer.lr = float(p["lr"])
