@@ -30,7 +30,7 @@ from hptransfer.parameterization import path_str
 
 FINAL_LOSS_DIVISOR = 10     # final_train_loss: mean over the last steps // 10 (at least 1)
 GUARD_KEYS = ("alive", "loss0", "diverged_step", "tail_sum", "tail_n")
-TRIAL_LOOPS = ("auto", "vmap", "map")
+TRIAL_LOOPS = ("auto", "vmap", "map", "seq")
 
 
 class StepError(ValueError):
@@ -221,32 +221,40 @@ def init_group(builts, cfgs) -> dict:
 
 
 def resolve_trial_loop(trial_loop: str, sharded: bool) -> str:
-  """How a group steps its stacked trials.
+  """How a group steps its trials.
 
-  ``vmap``: one batched program over the K trials (what pays on a GPU: 32
-  width-128 trials ran at 3.0x one trial's tokens/s on an H100).
+  ``vmap``: one batched program over the K stacked trials (what pays on a
+  GPU: 32 width-128 trials ran at 3.0x one trial's tokens/s on an H100).
   ``map``: ``jax.lax.map``, the unbatched step applied to each trial in turn
-  inside one compiled program: same stacked state, checkpoints and results,
-  but plain 2-D matmuls.  On 2 CPU cores this is 1.1-1.8x faster than vmap
-  (docs/sweeps.md), because the batched matmuls' weight gradients need
-  transposing copies there.  ``auto``: map on an unsharded CPU group, else vmap.
+  inside one compiled program over the stacked state: plain 2-D matmuls, but
+  every trial's params and optimizer state are sliced out of the stack and
+  written back each step.
+  ``seq``: the unbatched step compiled once for one trial and dispatched K
+  times a step, each trial's state kept as its own arrays (stacked only for
+  checkpoints and results).  On 2 CPU cores this is 1.23x faster than ``map``
+  for the 16-trial width-128 group (144 against 177 ms a group step;
+  docs/perf/trial_loops_cpu.json): the slicing and writing back is gone.
+  ``auto``: seq on an unsharded CPU group, else vmap.
   """
   if trial_loop not in TRIAL_LOOPS:
     raise StepError(f"trial_loop={trial_loop!r} is not one of {', '.join(TRIAL_LOOPS)}; "
-                    "pass --trial_loop=auto (map on CPU, vmap on accelerators)")
+                    "pass --trial_loop=auto (seq on CPU, vmap on accelerators)")
   if trial_loop != "auto":
     return trial_loop
-  return "map" if jax.default_backend() == "cpu" and not sharded else "vmap"
+  return "seq" if jax.default_backend() == "cpu" and not sharded else "vmap"
 
 
 def compile_group(p, tx, cfg, loop: str):
-  """(step, eval) over a group's stacked state, vmapped or mapped (see
-  ``resolve_trial_loop``); the batch is shared by every trial.  ``step``
-  returns (state, metrics) with per-trial metrics; ``eval`` per-trial eval
-  metrics."""
+  """(step, eval), jitted (not yet compiled), for a group's trials: vmapped
+  or mapped over the stacked state, or (``seq``) for one trial's state,
+  called once per trial (see ``resolve_trial_loop``); the batch is shared by
+  every trial.  ``step`` returns (state, metrics); ``eval`` the eval metrics.
+  ``aot`` compiles them ahead of their first call."""
   guarded = guarded_step_of(p, tx, cfg)
   evaluate = make_eval_step(p)
   mm = perf.matmul_dtype(cfg)
+  if loop == "seq":
+    return (perf.jit_step(guarded, mm, donate_argnums=0), perf.jit_step(evaluate, mm))
   if loop == "vmap":
     return (perf.jit_step(jax.vmap(guarded, in_axes=(0, 0, None)), mm, donate_argnums=0),
             perf.jit_step(jax.vmap(evaluate, in_axes=(0, 0, None)), mm))
@@ -257,4 +265,36 @@ def compile_group(p, tx, cfg, loop: str):
   def evaluate_all(params, consts, batch):
     return jax.lax.map(lambda pc: evaluate(pc[0], pc[1], batch), (params, consts))
   return (perf.jit_step(step, mm, donate_argnums=0), perf.jit_step(evaluate_all, mm))
+
+
+def abstract(tree, sharding=None):
+  """``jax.ShapeDtypeStruct``s of a tree of arrays (or of structs), with
+  ``sharding`` when given: what ``aot`` lowers for."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def aot(jitted, *args):
+  """``jitted`` lowered for the abstract ``args`` and compiled: a
+  ``jax.stages.Compiled`` to call with arrays of exactly those shapes.  The
+  same XLA program ``jitted``'s first call would compile (same HLO, same
+  compiler options), so its results are bitwise the same
+  (tests/test_compile_ahead.py); it can run on another thread while the
+  device trains."""
+  return jitted.lower(*args).compile()
+
+
+def stack_on_host(trees):
+  """``stack`` through the host: one copy per leaf instead of a dispatched
+  concatenation (the ``seq`` loop's per-trial states, at checkpoints)."""
+  import numpy as np
+  host = jax.device_get(trees)
+  return jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *host))
+
+
+def unstack(tree, K: int) -> list:
+  """The K trials of a stacked tree, each as its own arrays (through the
+  host: one copy, instead of a dispatched slice per leaf and trial)."""
+  host = jax.device_get(tree)
+  return [jax.device_put(jax.tree_util.tree_map(lambda x, k=k: x[k], host)) for k in range(K)]
 

@@ -120,12 +120,135 @@ def _pad(trials: list[Trial]) -> list[Trial]:
   return trials + [trials[-1]] * extra
 
 
+# Compiled programs by program key (``_program_key``): chunks of one group,
+# resumed groups and groups that differ only in run length share them.  Each
+# entry is {"step": Future, "eval": Future} of (jax.stages.Compiled, seconds).
 _COMPILED: dict = {}
+# Groups prepared ahead (builds, consts, abstract state): group id -> Future.
+_PLANS: dict = {}
+_POOL = None
+
+
+def _compile_pool():
+  """The one background thread that compiles programs ahead of their group."""
+  global _POOL
+  if _POOL is None:
+    from concurrent.futures import ThreadPoolExecutor
+    _POOL = ThreadPoolExecutor(1, thread_name_prefix="hptransfer-compile")
+  return _POOL
+
+
+def _program_key(group: Group, trial_loop: str) -> tuple:
+  """What a group's compiled programs depend on: the program key, K, the
+  shardings, the trial loop and the XLA options.  Cheap: no model is built."""
+  cfg = group.cfg
+  K = len(_pad(group.trials))
+  state_sharding, batch_sharding = _shardings(K, cfg.train.batch_size)
+  loop = resolve_trial_loop(trial_loop, state_sharding is not None or batch_sharding is not None)
+  return (program_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop,
+          tuple(sorted(perf.compiler_options(perf.matmul_dtype(cfg)).items())))
+
+
+class _Plan:
+  """Everything a group needs before its first step, but no state: its padded
+  trials, builds, stacked consts, the abstract state and batch, shardings and
+  trial loop.  Built in the foreground, or ahead on the compile thread."""
+
+  def __init__(self, group: Group, trial_loop: str):
+    self.group = group
+    self.trials = _pad(group.trials)
+    self.K = K = len(self.trials)
+    self.cfg = cfg = group.cfg
+    self.B = cfg.train.batch_size
+    self.builts = [build_lib.build(t.cfg) for t in self.trials]
+    self.b0 = self.builts[0]
+    self.task = self.b0.task
+    self.tx0 = optim_build(self.b0, cfg)
+    self.cfgs = [t.cfg for t in self.trials]
+    self.consts = step_lib.stack([b.consts() for b in self.builts])
+    self.abstract = jax.eval_shape(lambda: step_lib.init_group(self.builts, self.cfgs))
+    self.state_sharding, self.batch_sharding = _shardings(K, self.B)
+    self.loop = resolve_trial_loop(trial_loop, self.state_sharding is not None
+                                   or self.batch_sharding is not None)
+    self.key = _program_key(group, trial_loop)
+    self.batch = step_lib.abstract(self.task.batch(cfg.data.seed, 0, self.B),
+                                   self.batch_sharding)
+    self.val_batch = step_lib.abstract(self.task.batch(cfg.data.seed, 0, self.B, "val"),
+                                       self.batch_sharding)
+
+  def compile(self, which: str):
+    """(compiled program, seconds): ``which`` is "step" or "eval"."""
+    t0 = time.perf_counter()
+    vstep, veval = step_lib.compile_group(self.b0, self.tx0, self.cfg, self.loop)
+    sh = None if self.loop == "seq" else self.state_sharding
+    state = self.abstract
+    consts = step_lib.abstract(self.consts, sh)
+    if self.loop == "seq":      # one trial's state and consts
+      state, consts = (jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
+    state = step_lib.abstract(state, sh)
+    if which == "step":
+      out = step_lib.aot(vstep, state, consts, self.batch)
+    else:
+      out = step_lib.aot(veval, state["params"], consts, self.val_batch)
+    return out, time.perf_counter() - t0
+
+
+def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
+  """Start preparing ``group``: its plan, and its programs unless a group of
+  the same program key has them.  ``ahead``: on the compile thread, so this
+  returns at once; else here, before returning.  A failure is kept in the
+  futures and raised by ``run_group`` of the group that needs them."""
+  from concurrent.futures import Future
+  if group.id in _PLANS:
+    return
+  key = _program_key(group, trial_loop)
+  plan_f = _PLANS[group.id] = Future()
+  jobs = None
+  if key not in _COMPILED:
+    jobs = _COMPILED[key] = {"step": Future(), "eval": Future()}
+
+  def work():
+    try:
+      plan = _Plan(group, trial_loop)
+    except BaseException as e:   # noqa: BLE001 - raised where the group is run
+      for f in [plan_f] + (list(jobs.values()) if jobs else []):
+        f.set_exception(e)
+      return
+    plan_f.set_result(plan)
+    for which, f in (jobs or {}).items():
+      try:
+        f.set_result(plan.compile(which))
+      except BaseException as e:   # noqa: BLE001
+        f.set_exception(e)
+  if ahead:
+    _compile_pool().submit(work)
+  else:
+    work()
+
+
+def _wait(future, group: Group, what: str):
+  """A prepared result, timing the wait; a failure names the group and is
+  not cached (a rerun in this process tries again)."""
+  t0 = time.perf_counter()
+  try:
+    out = future.result()
+  except BaseException as e:
+    for k, jobs in list(_COMPILED.items()):
+      if any(f is future for f in jobs.values()):
+        del _COMPILED[k]
+    _PLANS.pop(group.id, None)
+    if hasattr(e, "add_note"):
+      e.add_note(f"(while preparing the {what} of sweep group {group.id}, "
+                 f"{len(group.trials)} trials, width {group.cfg.model.width})")
+    raise
+  return out, time.perf_counter() - t0
 
 
 def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int = 0,
               progress: bool = True, log=print, trial_loop: str = "auto",
-              on_eval=None, extra_rows: dict | None = None) -> list[dict]:
+              on_eval=None, extra_rows: dict | None = None,
+              compile_ahead: bool = True) -> list[dict]:
   """Train one group to the end (resuming its checkpoint); returns its rows.
 
   ``on_eval(step, metrics, alive)`` (a search's pruner) is called at every
@@ -134,53 +257,76 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   diverged trial is (the others run on bitwise unchanged) and recorded with
   ``pruned: true`` and ``pruned_step``.  ``extra_rows`` adds fields to the
   rows, by trial id.
+
+  ``compile_ahead``: the eval program compiles on the compile thread while
+  the first steps train (and ``run`` starts the next group's programs there
+  too).  Each row's ``timing`` says where the group's seconds went:
+  ``compile_s`` (its programs' compile time; 0 when an earlier group's were
+  reused), ``compile_exposed_s`` (how long training waited for them),
+  ``compile_hidden_s`` (the rest), ``step_s`` (a steady training step),
+  ``train_s``, ``eval_s``, ``checkpoint_s``, ``setup_s``.
   """
   t0 = time.time()
-  trials = _pad(group.trials)
-  K = len(trials)
-  cfg = group.cfg
-  steps, B = cfg.train.steps, cfg.train.batch_size
-  builts = [build_lib.build(t.cfg) for t in trials]
-  b0 = builts[0]
-  task = b0.task
-  tx0 = optim_build(b0, cfg)
-  consts = step_lib.stack([b.consts() for b in builts])
-  cfgs = [t.cfg for t in trials]
+  _prepare(group, trial_loop, compile_ahead)
+  plan, plan_wait = _wait(_PLANS[group.id], group, "builds")
+  _PLANS.pop(group.id, None)
+  jobs = _COMPILED[plan.key]
+  trials, K, cfg, B = plan.trials, plan.K, plan.cfg, plan.B
+  steps = cfg.train.steps
+  builts, b0, task, cfgs = plan.builts, plan.b0, plan.task, plan.cfgs
+  consts = plan.consts
+  seq = plan.loop == "seq"
 
+  t_init = time.perf_counter()
   gdir = os.path.join(workdir, "groups", group.id)
   mngr = ckpt.manager(os.path.join(gdir, "checkpoints"), keep=1)
-  abstract = jax.eval_shape(lambda: step_lib.init_group(builts, cfgs))
   start, curves = 0, {"train": [], "eval": []}
-  restored, start = ckpt.restore_latest_good(mngr, abstract, with_json=True, log=log,
+  restored, start = ckpt.restore_latest_good(mngr, plan.abstract, with_json=True, log=log,
                                              what=f"group {group.id}")
   if restored is not None:
     state, curves = restored.state, restored.curves
   else:
     state = step_lib.init_group(builts, cfgs)
-  state_sharding, batch_sharding = _shardings(K, B)
+  state_sharding, batch_sharding = plan.state_sharding, plan.batch_sharding
   if state_sharding is not None:
     state = jax.device_put(state, state_sharding)
     consts = jax.device_put(consts, state_sharding)
+  if seq:   # each trial's state and consts as its own arrays
+    state, consts = step_lib.unstack(state, K), step_lib.unstack(consts, K)
+  init_s = time.perf_counter() - t_init
+
+  def stacked(st):
+    return step_lib.stack_on_host(st) if seq else st
 
   def batch_at(step, split="train"):
     batch = task.batch(cfg.data.seed, step, B, split)
     return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
 
-  # Chunks of one group, resumed groups and groups that differ only in run
-  # length share the compiled program: it depends only on the program key, K,
-  # the shardings, the trial loop and the XLA options (HPTRANSFER_CPU_DOTS).
-  loop = resolve_trial_loop(trial_loop, state_sharding is not None or batch_sharding is not None)
-  mm = perf.matmul_dtype(cfg)
-  ckey = (program_key(cfg), K, repr(state_sharding), repr(batch_sharding), loop,
-          tuple(sorted(perf.compiler_options(mm).items())))
-  if ckey not in _COMPILED:
-    _COMPILED[ckey] = step_lib.compile_group(b0, tx0, cfg, loop)
-  vstep, veval = _COMPILED[ckey]
+  (vstep, step_compile_s), step_wait = _wait(jobs["step"], group, "train step")
+  loop = plan.loop
+  timing = {"setup_s": time.time() - t0 - step_wait, "plan_s": plan_wait, "init_s": init_s,
+            "compile_exposed_s": step_wait,
+            "eval_s": 0.0, "checkpoint_s": 0.0}
+  eval_prog: list = []
 
   def evaluate():
-    ms = jax.device_get([veval(state["params"], consts, batch_at(i, "val"))
-                         for i in range(cfg.train.eval_batches)])
+    if not eval_prog:
+      (prog, secs), wait = _wait(jobs["eval"], group, "eval step")
+      eval_prog.append((prog, secs))
+      timing["compile_exposed_s"] += wait
+    veval = eval_prog[0][0]
+    if seq:
+      ms = jax.device_get([step_lib.stack([veval(state[k]["params"], consts[k],
+                                                 batch_at(i, "val")) for k in range(K)])
+                           for i in range(cfg.train.eval_batches)])
+    else:
+      ms = jax.device_get([veval(state["params"], consts, batch_at(i, "val"))
+                           for i in range(cfg.train.eval_batches)])
     return {k: np.mean(np.stack([m[k] for m in ms]), axis=0) for k in ms[0]}
+
+  def alive():
+    return np.asarray(jax.device_get(stacked([s["alive"] for s in state]) if seq
+                                     else state["alive"]))
 
   bar = None
   if progress:
@@ -188,12 +334,27 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     bar = tqdm(total=steps, initial=start, desc=f"group {group.id[:8]} K={K}",
                leave=False, dynamic_ncols=True, disable=None)
   last_eval: dict = {}
+  t_loop = time.perf_counter()
+  t_first = None
   for step in range(start, steps):
-    state, metrics = vstep(state, consts, batch_at(step))
+    batch = batch_at(step)
+    if seq:
+      out = [vstep(state[k], consts[k], batch) for k in range(K)]   # (grid's zip shadows zip)
+      state = [o[0] for o in out]
+      loss = [o[1]["loss"] for o in out]
+    else:
+      state, metrics = vstep(state, consts, batch)
+      loss = metrics["loss"]
     done = step + 1
+    if t_first is None:
+      jax.block_until_ready(loss)
+      t_first = time.perf_counter()
+      timing["first_step_s"] = t_first - t_loop
     if done % cfg.train.log_every == 0 or done == steps:
-      curves["train"].append([done, np.asarray(jax.device_get(metrics["loss"])).tolist()])
+      curves["train"].append([done, np.asarray(jax.device_get(loss)).tolist()])
     if done % cfg.train.eval_every == 0 or done == steps:
+      jax.block_until_ready(loss)
+      te = time.perf_counter()
       last_eval = evaluate()
       curves["eval"].append([done, last_eval["loss"].tolist()])
       for k, v in last_eval.items():
@@ -201,27 +362,55 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
           curves.setdefault(f"eval_{k}", []).append([done, v.tolist()])
       if on_eval is not None and done < steps:
         n = len(group.trials)
-        alive_now = np.asarray(jax.device_get(state["alive"]))[:n]
+        alive_now = alive()[:n]
         stop = [k for k in on_eval(done, {m: np.asarray(v)[:n] for m, v in last_eval.items()},
                                    alive_now) if alive_now[k]]
         if stop:
           curves.setdefault("pruned", {}).update({str(k): done for k in stop})
-          state = {**state, "alive": state["alive"].at[np.asarray(stop)].set(False)}
+          if seq:
+            for k in stop:
+              state[k] = {**state[k], "alive": jax.numpy.zeros_like(state[k]["alive"])}
+          else:
+            state = {**state, "alive": state["alive"].at[np.asarray(stop)].set(False)}
+      timing["eval_s"] += time.perf_counter() - te
     if done % cfg.train.checkpoint_every == 0 and done < steps:
-      ckpt.save(mngr, done, state, curves)
+      jax.block_until_ready(loss)
+      tc = time.perf_counter()
+      ckpt.save(mngr, done, stacked(state), curves)
+      timing["checkpoint_s"] += time.perf_counter() - tc
     if bar is not None:
       bar.update(1)
-    if done % cfg.train.log_every == 0 and not bool(jax.device_get(state["alive"]).any()):
+    if done % cfg.train.log_every == 0 and not alive().any():
       log(f"group {group.id}: every trial diverged by step {done}")
       break
+  tc = time.perf_counter()
   mngr.wait_until_finished()
   mngr.close()
   if bar is not None:
     bar.close()
+  state = stacked(state)
+  jax.block_until_ready(state["step"])
+  t_end = time.perf_counter()
+  timing["checkpoint_s"] += t_end - tc
+  timing["train_s"] = t_end - t_loop - timing["eval_s"] - timing["checkpoint_s"]
+  trained_steps = int(np.max(jax.device_get(state["step"]))) - start
+  timing["step_s"] = ((timing["train_s"] - timing.get("first_step_s", 0.0))
+                      / max(1, trained_steps - 1))
+  eval_compile_s = eval_prog[0][1] if eval_prog else 0.0
+  # The programs' own compile seconds: 0 when an earlier group compiled them.
+  shared = getattr(jobs["step"], "hpt_owner", group.id) != group.id
+  jobs["step"].hpt_owner = getattr(jobs["step"], "hpt_owner", group.id)
+  timing["compile_s"] = 0.0 if shared else step_compile_s + eval_compile_s
+  if not compile_ahead:   # compiled in the foreground (in _prepare): all exposed
+    timing["setup_s"] = max(0.0, timing["setup_s"] - timing["compile_s"])
+    timing["compile_exposed_s"] = timing["compile_s"]
+  timing["compile_hidden_s"] = max(0.0, timing["compile_s"] - timing["compile_exposed_s"])
+  timing["compiled_ahead"] = bool(compile_ahead)
+  timing = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
 
   final = jax.device_get({k: state[k] for k in ("step",) + step_lib.GUARD_KEYS})
   wall = time.time() - t0
-  versions = provenance.versions(mm)
+  versions = provenance.versions(perf.matmul_dtype(cfg))
   fpt = flops_per_token(b0)
   per_row = task.examples_per_batch_row
   extra_metrics = sorted(k[len("eval_"):] for k in curves if k.startswith("eval_"))
@@ -271,6 +460,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
         "trial_loop": loop,
         "sharding": "trials" if state_sharding is not None and batch_sharding is None
         else "batch" if batch_sharding is not None else "none",
+        "timing": timing,
         "data_sha256": task.sha256,
     })
     if pstep is not None:
@@ -360,7 +550,15 @@ def _check_mesh(cfg) -> None:
 def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers: int = 1,
         max_group_size: int = 0, memory_gb: float = 0.0, dry_run: bool = False,
         sweep_name: str = "", progress: bool = True, log=print,
-        trial_loop: str = "auto") -> list[dict]:
+        trial_loop: str = "auto", compile_ahead: bool = True) -> list[dict]:
+  """Train the grid's unfinished trials, group by group; returns the new rows.
+
+  ``compile_ahead``: while a group trains, the next group's builds and
+  programs are prepared on a background thread (AOT ``lower().compile()``),
+  so on an accelerator every group's compile but the first hides behind
+  training; each row's ``timing`` reports hidden and exposed compile seconds.
+  The programs are the same XLA programs as a foreground compile's.
+  """
   resolve_trial_loop(trial_loop, False)   # a bad value fails before any training
   _check_mesh(base_cfg)
   trials = expand(base_cfg, overrides)
@@ -396,17 +594,24 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
     bar = tqdm(total=sum(len(g.trials) for g in mine), initial=n_done, desc="trials",
                dynamic_ncols=True, disable=None)
   rows, elsewhere = [], []
-  for g in todo_groups:
+  for i, g in enumerate(todo_groups):
+    if compile_ahead:    # this group's programs first, then the next group's
+      for ahead in todo_groups[i:i + 2]:
+        _prepare(ahead, trial_loop, True)
     with group_lock(workdir, g.id) as mine_now:
       if not mine_now:             # another process is training this group
         elsewhere.append(g.id)
+        _PLANS.pop(g.id, None)
         continue
       left = [t for t in g.trials if t.id not in results_lib.finished_ids(workdir)]
       if left:                     # it may have finished while we waited for it
-        g = Group(id=g.id, trials=left) if len(left) < len(g.trials) else g
+        if len(left) < len(g.trials):   # what was prepared for it no longer fits
+          _PLANS.pop(g.id, None)
+          g = Group(id=g.id, trials=left)
         t_group = time.time()
         new = run_group(g, workdir, sweep_name=sweep_name, worker=worker_index,
-                        progress=progress, log=log, trial_loop=trial_loop)
+                        progress=progress, log=log, trial_loop=trial_loop,
+                        compile_ahead=compile_ahead)
         rows += new
         if progress and not sys.stderr.isatty():   # no progress bar: one line a group
           losses = [r["final_train_loss"] for r in new if r["final_train_loss"] is not None]
@@ -475,7 +680,8 @@ def main(argv):
       run(FLAGS.config, module.get_sweep(), FLAGS.workdir,
           worker_index=FLAGS.worker_index, num_workers=FLAGS.num_workers,
           max_group_size=FLAGS.max_group_size, memory_gb=FLAGS.memory_gb,
-          trial_loop=FLAGS.trial_loop, dry_run=FLAGS.dry_run, sweep_name=name)
+          trial_loop=FLAGS.trial_loop, dry_run=FLAGS.dry_run, sweep_name=name,
+          compile_ahead=FLAGS.compile_ahead)
   if not FLAGS.dry_run:
     df = results_lib.load(FLAGS.workdir)
     print(summary_table(df))
@@ -494,7 +700,10 @@ def run_cli():
   flags.DEFINE_integer("max_group_size", 0, "cap on trials per vmapped group (0: memory estimate)")
   flags.DEFINE_enum("trial_loop", "auto", list(TRIAL_LOOPS),
                     "how a group steps its trials: vmap (batched), map (one after the "
-                    "other in one program), auto (map on CPU, vmap on accelerators)")
+                    "other in one program), seq (one program per trial, dispatched in "
+                    "turn), auto (seq on CPU, vmap on accelerators)")
+  flags.DEFINE_bool("compile_ahead", True, "compile the next group's programs on a "
+                    "background thread while this one trains")
   flags.DEFINE_float("memory_gb", 0.0, "memory budget per group (0: 60% of the device, 4 GiB on CPU)")
   flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
   flags.mark_flags_as_required(["workdir"])

@@ -225,20 +225,23 @@ def test_trials_spread_over_four_devices(tmp_path):
 
 
 def test_mapped_and_vmapped_groups_train_the_same_trials(tmp_path):
-  """trial_loop='map' (the CPU default) and 'vmap' step the same stacked state."""
+  """trial_loop='seq' (the CPU default), 'map' and 'vmap' train the same trials."""
   cfg = tiny_config(**FAST)
   lrs = [1e-3, 1e-2, 1e4]                      # the last one diverges in both
   rows = {loop: _rows_by_lr(S.run(cfg, S.sweep("optimizer.lr", lrs), str(tmp_path / loop),
                                   progress=False, trial_loop=loop))
-          for loop in ("map", "vmap")}
+          for loop in ("map", "vmap", "seq")}
   assert {r["trial_loop"] for r in rows["map"].values()} == {"map"}
+  assert {r["trial_loop"] for r in rows["seq"].values()} == {"seq"}
   assert {r["trial_loop"] for r in rows["vmap"].values()} == {"vmap"}
   for lr in lrs[:2]:
-    a, b = rows["map"][lr], rows["vmap"][lr]
+    a, b, c = rows["map"][lr], rows["vmap"][lr], rows["seq"][lr]
     for key in ("final_train_loss", "final_eval_loss", "best_eval_loss"):
       assert a[key] == pytest.approx(b[key], rel=1e-5), (lr, key)
-  assert rows["map"][1e4]["diverged"] and rows["vmap"][1e4]["diverged"]
-  assert rows["map"][1e4]["diverged_step"] == rows["vmap"][1e4]["diverged_step"]
+      assert a[key] == pytest.approx(c[key], rel=1e-5), (lr, key)
+  assert all(rows[loop][1e4]["diverged"] for loop in rows)
+  assert rows["map"][1e4]["diverged_step"] == rows["vmap"][1e4]["diverged_step"] \
+      == rows["seq"][1e4]["diverged_step"]
   assert rows["map"][1e-3]["final_eval_loss"] != pytest.approx(rows["map"][1e-2]["final_eval_loss"])
   with pytest.raises(S.SweepError, match="trial_loop"):
     S.run(cfg, S.sweep("optimizer.lr", lrs), str(tmp_path / "bad"), trial_loop="scan")

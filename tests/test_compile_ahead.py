@@ -1,0 +1,104 @@
+"""Compile ahead: the next group's programs compile on a background thread
+while the current group trains (``hptransfer.sweep``, ``step.aot``)."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from hptransfer import build as build_lib
+from hptransfer import results as results_lib
+from hptransfer import step as step_lib
+from hptransfer import sweep as S
+
+FAST = {"train.steps": 12, "train.log_every": 4, "train.eval_every": 6,
+        "train.checkpoint_every": 6}
+GRID = S.product(S.sweep("model.width", [32, 64]), S.sweep("optimizer.lr", [1e-3, 1e-2]))
+
+
+def _by_trial(rows):
+  return {r["trial_id"]: r for r in rows}
+
+
+@pytest.mark.parametrize("loop", ["seq", "map"])
+def test_aot_program_gives_bitwise_the_jitted_results(loop):
+  """``step.aot`` (what the compile thread runs) and the jitted step's own
+  first-call compile are the same program: the same state, bit for bit,
+  after three steps."""
+  cfg = tiny_config(**FAST)
+  trials = S.expand(cfg, S.sweep("optimizer.lr", [1e-3, 3e-2]))
+  builts = [build_lib.build(t.cfg) for t in trials]
+  tx = S.optim_build(builts[0], cfg)
+  init = lambda: step_lib.init_group(builts, [t.cfg for t in trials])
+  consts = step_lib.stack([b.consts() for b in builts])
+  batches = [builts[0].task.batch(0, s, cfg.train.batch_size) for s in range(3)]
+  if loop == "seq":
+    state0, consts = step_lib.unstack(init(), 2)[1], step_lib.unstack(consts, 2)[1]
+  else:
+    state0 = init()
+  out = {}
+  for how in ("jit", "aot"):
+    fn, _ = step_lib.compile_group(builts[0], tx, cfg, loop)
+    state = jax.tree_util.tree_map(lambda x: x.copy(), state0)
+    if how == "aot":
+      fn = step_lib.aot(fn, step_lib.abstract(state), step_lib.abstract(consts),
+                        step_lib.abstract(batches[0]))
+    for b in batches:
+      state, metrics = fn(state, consts, b)
+    out[how] = jax.device_get((state, metrics))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, out["jit"], out["aot"])
+  assert np.all(np.asarray(out["aot"][0]["step"]) == 3)
+
+
+def test_compiling_ahead_changes_no_result_and_reports_its_seconds(tmp_path):
+  """Two groups with compile ahead on and off: the same rows, bit for bit;
+  the second group's programs compiled while the first trained."""
+  cfg = tiny_config(**FAST)
+  rows = {}
+  for ahead in (False, True):
+    S._COMPILED.clear()
+    rows[ahead] = _by_trial(S.run(cfg, GRID, str(tmp_path / str(ahead)), progress=False,
+                                  compile_ahead=ahead))
+  assert rows[True].keys() == rows[False].keys() and len(rows[True]) == 4
+  for tid, a in rows[True].items():
+    b = rows[False][tid]
+    for key in ("final_train_loss", "final_eval_loss", "best_train_loss", "best_eval_loss"):
+      assert a[key] == b[key], (tid, key)
+    assert (results_lib.load_curve(str(tmp_path / "True"), tid)["train"]
+            == results_lib.load_curve(str(tmp_path / "False"), tid)["train"])
+  groups = {r["group_id"]: r["timing"] for r in rows[True].values()}
+  assert len(groups) == 2
+  for t in groups.values():
+    assert t["compiled_ahead"] and t["compile_s"] > 0
+    assert t["compile_hidden_s"] + t["compile_exposed_s"] >= t["compile_s"] - 1e-3
+    assert 0 < t["step_s"] < t["train_s"]
+  for t in {r["group_id"]: r["timing"] for r in rows[False].values()}.values():
+    assert not t["compiled_ahead"]
+    # In the foreground every compile second is waited for.
+    assert t["compile_hidden_s"] == 0 and t["compile_exposed_s"] >= t["compile_s"] - 1e-3
+
+
+def test_a_failing_background_compile_fails_the_group_that_needs_it(tmp_path, monkeypatch):
+  """The second group's compile fails on the compile thread while the first
+  trains: the first group's rows are written, the error is raised by the
+  second group and names it, and a rerun trains only the second group."""
+  cfg = tiny_config(**FAST)
+  groups = S.make_groups(S.expand(cfg, GRID))
+  second = groups[1]
+  real = S._Plan.compile
+
+  def broken(self, which):
+    if self.group.id == second.id:
+      raise RuntimeError("simulated XLA failure")
+    return real(self, which)
+  monkeypatch.setattr(S._Plan, "compile", broken)
+  S._COMPILED.clear()
+  workdir = str(tmp_path / "w")
+  with pytest.raises(RuntimeError, match="simulated XLA failure") as err:
+    S.run(cfg, GRID, workdir, progress=False)
+  assert any(second.id in note for note in getattr(err.value, "__notes__", []))
+  first_rows = results_lib.read_rows(workdir)
+  assert {r["group_id"] for r in first_rows} == {groups[0].id} and len(first_rows) == 2
+  monkeypatch.setattr(S._Plan, "compile", real)
+  new = S.run(cfg, GRID, workdir, progress=False)
+  assert {r["group_id"] for r in new} == {second.id} and len(new) == 2
+  assert len(results_lib.read_rows(workdir)) == 4
