@@ -1,12 +1,14 @@
 """A proxy study's wall clock: hptransfer's sweep against the PyTorch loop it replaces.
 
     pip install -r requirements-bench.txt       # torch (CPU build here) and mup
-    python benchmarks/study.py [--width 128] [--lrs 8] [--steps 200] [--repeats 3] \
+    python benchmarks/study.py [--widths 128] [--lrs 8] [--steps 200] [--repeats 3] \
         [--arms hptransfer,hptransfer_bf16,torch_eager,torch_compile] \
         [--out docs/perf/study_cpu]
 
-The study is one group of ``configs/sweeps/width_transformer.py``: SP and muP
-x ``--lrs`` learning rates (2^-11 .. 2^-4 for 8) at ``--width`` (depth 2, head
+The study is one group of ``configs/sweeps/width_transformer.py`` per width:
+SP and muP x ``--lrs`` learning rates (2^-11 .. 2^-4 for 8) at each of
+``--widths`` (several widths: several groups, whose compiles the sweep hides
+behind the previous group's training; depth 2, head
 dim 16, batch 8 x 64 bytes, Adam, 200 steps, eval of 8 batches every 100
 steps, the loss fetched every 10).  Each *arm* trains every trial of it, in a
 fresh Python process of its own, with no compilation cache:
@@ -62,7 +64,7 @@ def study_config(args):
   sys.path.insert(0, ROOT)
   from configs.sweeps import width_transformer
   cfg = width_transformer.get_config()
-  cfg.model.width = args.width
+  cfg.model.width = widths(args)[0]
   cfg.train.steps = args.steps
   cfg.train.eval_every = min(cfg.train.eval_every, args.steps)
   cfg.train.checkpoint_every = min(cfg.train.checkpoint_every, args.steps)
@@ -74,9 +76,14 @@ def study_lrs(n: int):
   return [float(x) for x in 2.0 ** np.linspace(-11, -4, n)] if n > 1 else [2.0 ** -7]
 
 
+def widths(args) -> list[int]:
+  return [int(w) for w in str(args.widths).split(",") if w]
+
+
 def study_grid(args):
   from hptransfer.sweep import product, sweep
-  return product(sweep("parameterization.name", ["sp", "mup"]),
+  return product(sweep("model.width", widths(args)),
+                 sweep("parameterization.name", ["sp", "mup"]),
                  sweep("optimizer.lr", study_lrs(args.lrs)))
 
 
@@ -179,7 +186,7 @@ def arm_torch(args, compiled: bool) -> dict:
   train = torch.as_tensor(data["train"], dtype=torch.long, device=dev)
   val = torch.as_tensor(data["val"], dtype=torch.long, device=dev)
   V = 256
-  steps, W = cfg.train.steps, args.width
+  steps = cfg.train.steps
   base_w = cfg.parameterization.base_width
   sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
@@ -189,8 +196,9 @@ def arm_torch(args, compiled: bool) -> dict:
 
   t0 = time.perf_counter()
   step_times, stopped, best_eval, trials = [], 0, float("inf"), 0
-  for param in ("sp", "mup"):
-    for lr in study_lrs(args.lrs):
+  for W, param, lr in [(w, p, lr) for w in widths(args) for p in ("sp", "mup")
+                       for lr in study_lrs(args.lrs)]:
+    if True:
       trials += 1
       torch.manual_seed(cfg.seed)
       model = torch_gpt(cfg, W, param == "mup")
@@ -321,7 +329,7 @@ def markdown(summary: dict, steps: int) -> str:
 
 def parser():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--width", type=int, default=128)
+  ap.add_argument("--widths", default="128", help="comma-separated model widths")
   ap.add_argument("--lrs", type=int, default=8, help="learning rates per parameterization "
                   "(the group has 2 x LRS trials)")
   ap.add_argument("--steps", type=int, default=200)
@@ -344,7 +352,9 @@ def main():
   bad = [a for a in arms if a not in ARMS]
   if bad:
     ap.error(f"--arms: {', '.join(bad)} not one of {', '.join(ARMS)}")
-  for name in ("width", "lrs", "steps", "repeats"):
+  if not widths(args) or min(widths(args)) < 16 or any(w % 16 for w in widths(args)):
+    ap.error(f"--widths={args.widths}: give multiples of the head dim 16, e.g. 128,256")
+  for name in ("lrs", "steps", "repeats"):
     if getattr(args, name) < 1:
       ap.error(f"--{name}={getattr(args, name)} must be >= 1")
   sys.path.insert(0, ROOT)
@@ -356,7 +366,7 @@ def main():
     order = arms[rep % len(arms):] + arms[:rep % len(arms)]
     for arm in order:
       cmd = [sys.executable, os.path.abspath(__file__), "--child", arm, "--batches", batches,
-             "--width", str(args.width), "--lrs", str(args.lrs), "--steps", str(args.steps),
+             "--widths", args.widths, "--lrs", str(args.lrs), "--steps", str(args.steps),
              "--trial_loop", args.trial_loop]
       res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
       if res.returncode:
@@ -376,7 +386,7 @@ def _write(args, rows, arms) -> dict:
   if args.out:
     doc = {"command": "python benchmarks/study.py " + " ".join(sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-           "settings": {k: getattr(args, k) for k in ("width", "lrs", "steps", "repeats",
+           "settings": {k: getattr(args, k) for k in ("widths", "lrs", "steps", "repeats",
                                                       "trial_loop")},
            "summary": summary, "rows": rows}
     with open(args.out + ".json", "w") as f:

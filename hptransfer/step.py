@@ -184,7 +184,7 @@ def _opt_mults(p) -> dict:
   return {k: trees[k] for k in ("lr_mult", "wd_mult", "eps_mult")}
 
 
-def init_group(builts, cfgs) -> dict:
+def init_group(builts, cfgs, program=None) -> dict:
   """The stacked, guarded state of K trials, in one compiled call.
 
   Params come from each trial's seed and init stds; the optimizer state from
@@ -192,8 +192,22 @@ def init_group(builts, cfgs) -> dict:
   decay, betas, schedule, run length, per-leaf multipliers) as vmapped
   inputs, so the optimizer's ``init`` puts each trial's own values into its
   state.  The trials must share a compiled shape (``hptransfer.grid``).
+  ``program``: ``init_program(builts[0], cfgs[0])`` compiled ahead (``aot``
+  on ``init_args``'s abstract values); by default it is jitted here.
   """
-  b0, ocfg0 = builts[0], cfgs[0].optimizer
+  args = init_args(builts, cfgs)
+  params, opt = (program or init_program(builts[0], cfgs[0]))(*args)
+  K = len(cfgs)
+  return {"step": jnp.zeros([K], jnp.int32), "params": params, "opt_state": opt,
+          "alive": jnp.ones([K], bool), "loss0": jnp.zeros([K], jnp.float32),
+          "diverged_step": jnp.zeros([K], jnp.int32),
+          "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}
+
+
+def init_program(b0, cfg0):
+  """The jitted (keys, stds, hp, mults, steps) -> (params, opt_state) of a
+  group whose first trial is built as ``b0`` from ``cfg0``."""
+  ocfg0 = cfg0.optimizer
   init_fn = b0.init_fn()
   # Muon's update labels are static (strings), the same for every trial.
   static = {k: v for k, v in b0.leaf_trees().items() if k == "labels"}
@@ -201,19 +215,19 @@ def init_group(builts, cfgs) -> dict:
   def init_one(key, stds, hp, mults, steps):
     params = init_fn(jax.random.wrap_key_data(key), stds)
     return params, optim.build(ocfg0, {**mults, **static}, steps, hp).init(params)
+  return jax.jit(jax.vmap(init_one))
 
+
+def init_args(builts, cfgs) -> tuple:
+  """``init_program``'s arguments: every trial's key, init stds, optimizer
+  numbers, per-leaf multipliers and run length, stacked."""
   keys = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in cfgs])
   stds = stack([b.leaf_trees()["init_std"] for b in builts])
   hp = stack([{k: jnp.asarray(v, jnp.float32) for k, v in optim.hparams(c.optimizer).items()}
               for c in cfgs])
   mults = stack([_opt_mults(b) for b in builts])
   steps = jnp.asarray([c.train.steps for c in cfgs], jnp.int32)
-  params, opt = jax.jit(jax.vmap(init_one))(keys, stds, hp, mults, steps)
-  K = len(cfgs)
-  return {"step": jnp.zeros([K], jnp.int32), "params": params, "opt_state": opt,
-          "alive": jnp.ones([K], bool), "loss0": jnp.zeros([K], jnp.float32),
-          "diverged_step": jnp.zeros([K], jnp.int32),
-          "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}
+  return keys, stds, hp, mults, steps
 
 
 # ----------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def _pad(trials: list[Trial]) -> list[Trial]:
 
 # Compiled programs by program key (``_program_key``): chunks of one group,
 # resumed groups and groups that differ only in run length share them.  Each
-# entry is {"step": Future, "eval": Future} of (jax.stages.Compiled, seconds).
+# entry is {"init", "step", "eval": Future} of (jax.stages.Compiled, seconds).
 _COMPILED: dict = {}
 # Groups prepared ahead (builds, consts, abstract state): group id -> Future.
 _PLANS: dict = {}
@@ -152,21 +152,24 @@ def _program_key(group: Group, trial_loop: str) -> tuple:
 class _Plan:
   """Everything a group needs before its first step, but no state: its padded
   trials, builds, stacked consts, the abstract state and batch, shardings and
-  trial loop.  Built in the foreground, or ahead on the compile thread."""
+  trial loop.  The abstract state and consts come from the first trial's
+  build (a group's trials share every shape), so its programs can compile
+  while the other trials are built (``builds``)."""
 
   def __init__(self, group: Group, trial_loop: str):
+    import threading
     self.group = group
     self.trials = _pad(group.trials)
     self.K = K = len(self.trials)
     self.cfg = cfg = group.cfg
     self.B = cfg.train.batch_size
-    self.builts = [build_lib.build(t.cfg) for t in self.trials]
-    self.b0 = self.builts[0]
+    self.cfgs = [t.cfg for t in self.trials]
+    self.b0 = build_lib.build(self.cfgs[0])
     self.task = self.b0.task
     self.tx0 = optim_build(self.b0, cfg)
-    self.cfgs = [t.cfg for t in self.trials]
-    self.consts = step_lib.stack([b.consts() for b in self.builts])
-    self.abstract = jax.eval_shape(lambda: step_lib.init_group(self.builts, self.cfgs))
+    self.abstract = jax.eval_shape(lambda: step_lib.init_group([self.b0] * K,
+                                                               [self.cfgs[0]] * K))
+    self.abstract_consts = jax.eval_shape(lambda: step_lib.stack([self.b0.consts()] * K))
     self.state_sharding, self.batch_sharding = _shardings(K, self.B)
     self.loop = resolve_trial_loop(trial_loop, self.state_sharding is not None
                                    or self.batch_sharding is not None)
@@ -175,19 +178,33 @@ class _Plan:
                                    self.batch_sharding)
     self.val_batch = step_lib.abstract(self.task.batch(cfg.data.seed, 0, self.B, "val"),
                                        self.batch_sharding)
+    self._lock = threading.Lock()
+    self._builds = None
+
+  def builds(self):
+    """(every trial's build, their stacked consts), made once (thread-safe)."""
+    with self._lock:
+      if self._builds is None:
+        builts = [self.b0] + [build_lib.build(c) for c in self.cfgs[1:]]
+        self._builds = builts, step_lib.stack([b.consts() for b in builts])
+      return self._builds
 
   def compile(self, which: str):
-    """(compiled program, seconds): ``which`` is "step" or "eval"."""
+    """(compiled program, seconds): ``which`` is "init", "step" or "eval"."""
     t0 = time.perf_counter()
     vstep, veval = step_lib.compile_group(self.b0, self.tx0, self.cfg, self.loop)
     sh = None if self.loop == "seq" else self.state_sharding
     state = self.abstract
-    consts = step_lib.abstract(self.consts, sh)
+    consts = step_lib.abstract(self.abstract_consts, sh)
     if self.loop == "seq":      # one trial's state and consts
       state, consts = (jax.tree_util.tree_map(
           lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
     state = step_lib.abstract(state, sh)
-    if which == "step":
+    if which == "init":
+      K = self.K
+      args = jax.eval_shape(lambda: step_lib.init_args([self.b0] * K, [self.cfgs[0]] * K))
+      out = step_lib.aot(step_lib.init_program(self.b0, self.cfgs[0]), *args)
+    elif which == "step":
       out = step_lib.aot(vstep, state, consts, self.batch)
     else:
       out = step_lib.aot(veval, state["params"], consts, self.val_batch)
@@ -206,7 +223,7 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
   plan_f = _PLANS[group.id] = Future()
   jobs = None
   if key not in _COMPILED:
-    jobs = _COMPILED[key] = {"step": Future(), "eval": Future()}
+    jobs = _COMPILED[key] = {"init": Future(), "step": Future(), "eval": Future()}
 
   def work():
     try:
@@ -221,6 +238,11 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
         f.set_result(plan.compile(which))
       except BaseException as e:   # noqa: BLE001
         f.set_exception(e)
+    if ahead:
+      try:                 # the trials' builds (run_group makes them if this fails)
+        plan.builds()
+      except Exception:    # noqa: BLE001 - raised again where run_group builds them
+        pass
   if ahead:
     _compile_pool().submit(work)
   else:
@@ -268,13 +290,15 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   """
   t0 = time.time()
   _prepare(group, trial_loop, compile_ahead)
-  plan, plan_wait = _wait(_PLANS[group.id], group, "builds")
+  t_plan = time.perf_counter()
+  plan, _ = _wait(_PLANS[group.id], group, "builds")
   _PLANS.pop(group.id, None)
   jobs = _COMPILED[plan.key]
   trials, K, cfg, B = plan.trials, plan.K, plan.cfg, plan.B
   steps = cfg.train.steps
-  builts, b0, task, cfgs = plan.builts, plan.b0, plan.task, plan.cfgs
-  consts = plan.consts
+  b0, task, cfgs = plan.b0, plan.task, plan.cfgs
+  builts, consts = plan.builds()
+  plan_wait = time.perf_counter() - t_plan
   seq = plan.loop == "seq"
 
   t_init = time.perf_counter()
@@ -283,29 +307,31 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   start, curves = 0, {"train": [], "eval": []}
   restored, start = ckpt.restore_latest_good(mngr, plan.abstract, with_json=True, log=log,
                                              what=f"group {group.id}")
+  init_compile_s = init_wait = 0.0
   if restored is not None:
     state, curves = restored.state, restored.curves
   else:
-    state = step_lib.init_group(builts, cfgs)
+    (init_prog, init_compile_s), init_wait = _wait(jobs["init"], group, "init program")
+    state = step_lib.init_group(builts, cfgs, init_prog)
   state_sharding, batch_sharding = plan.state_sharding, plan.batch_sharding
   if state_sharding is not None:
     state = jax.device_put(state, state_sharding)
     consts = jax.device_put(consts, state_sharding)
   if seq:   # each trial's state and consts as its own arrays
     state, consts = step_lib.unstack(state, K), step_lib.unstack(consts, K)
-  init_s = time.perf_counter() - t_init
+  init_s = time.perf_counter() - t_init - init_wait
 
   def stacked(st):
     return step_lib.stack_on_host(st) if seq else st
 
-  def batch_at(step, split="train"):
-    batch = task.batch(cfg.data.seed, step, B, split)
-    return batch if batch_sharding is None else jax.device_put(batch, batch_sharding)
+  def batch_at(step, split="train"):   # on the device once, for every trial
+    return jax.device_put(task.batch(cfg.data.seed, step, B, split), batch_sharding)
 
   (vstep, step_compile_s), step_wait = _wait(jobs["step"], group, "train step")
   loop = plan.loop
-  timing = {"setup_s": time.time() - t0 - step_wait, "plan_s": plan_wait, "init_s": init_s,
-            "compile_exposed_s": step_wait,
+  exposed = step_wait + init_wait
+  timing = {"setup_s": time.time() - t0 - exposed, "plan_s": plan_wait, "init_s": init_s,
+            "compile_exposed_s": exposed,
             "eval_s": 0.0, "checkpoint_s": 0.0}
   eval_prog: list = []
 
@@ -400,7 +426,7 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   # The programs' own compile seconds: 0 when an earlier group compiled them.
   shared = getattr(jobs["step"], "hpt_owner", group.id) != group.id
   jobs["step"].hpt_owner = getattr(jobs["step"], "hpt_owner", group.id)
-  timing["compile_s"] = 0.0 if shared else step_compile_s + eval_compile_s
+  timing["compile_s"] = 0.0 if shared else step_compile_s + eval_compile_s + init_compile_s
   if not compile_ahead:   # compiled in the foreground (in _prepare): all exposed
     timing["setup_s"] = max(0.0, timing["setup_s"] - timing["compile_s"])
     timing["compile_exposed_s"] = timing["compile_s"]
