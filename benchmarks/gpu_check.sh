@@ -34,7 +34,7 @@ W=${W:-/tmp/hpt_gpu}
 mkdir -p "$OUT" "$W/logs" "$W/bench" "$W/exp" "$W/work"
 export PYTHONUNBUFFERED=1 HPTRANSFER_JAX_CACHE=$W/jax_cache TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
-STAGES=" ${STAGES:-smoke mesh_step bench mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer muon_transfer lion_transfer residual_drift step_law wd_transfer held_out} "
+STAGES=" ${STAGES:-smoke mesh_step bench study mfu_flags compile_cache mfu_parts compile_flags search_throughput tp5_fig1 mutransfer_demo depth_transfer horizon other_hps coord_check_fig search_transfer muon_transfer lion_transfer residual_drift step_law wd_transfer held_out} "
 TABLE=${TABLE:-gpu}
 want() { [[ "$STAGES" == *" $1 "* ]] && [[ ! -e "$W/done/$1" ]]; }
 mkdir -p "$W/done"
@@ -103,6 +103,18 @@ grep '^{' "$W/logs/mesh_step.log" 2>/dev/null
 want bench && stage bench "${BENCH_LIMIT:-330}" $PY benchmarks/train_step.py --table "$TABLE" --dtype bf16 --torch --ceiling \
     --peak_flops 989e12 --steps 20 --warmup 5 --out "$W/bench/train_step_$TABLE"
 cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs/bench.log" 2>/dev/null
+
+# --- 1a2. a proxy study's wall clock against microsoft/mup + PyTorch, trial by trial ----
+# (issue 20; goals: >= 10x the torch loop on the 32-trial width-128 group, and the
+# compile of every group but the first hidden: each group's timing in the JSON).
+# Needs torch and mup on the machine (carry their wheels).
+want study && stage study_k32 240 $PY benchmarks/study.py --widths 128 --lrs 16 \
+    --arms hptransfer,hptransfer_bf16,torch_eager --out "$W/bench/study_gpu_k32"
+want study && stage study_k64 240 $PY benchmarks/study.py --widths 128 --lrs 32 \
+    --arms hptransfer,torch_eager --out "$W/bench/study_gpu_k64"
+want study && stage study_widths 240 $PY benchmarks/study.py --widths 128,256,512,1024 \
+    --lrs 8 --arms hptransfer,torch_eager --out "$W/bench/study_gpu_widths"
+cat "$W"/bench/study_gpu_*.md 2>/dev/null
 
 # --- 1b. MFU at width 2048 under other XLA flags (each set in its own process) -----------
 # Leads for the 65% target: cuBLAS instead of Triton GEMM fusions, and XLA's

@@ -19,7 +19,10 @@ from hptransfer import parameterization as P
 from hptransfer import tasks
 
 
-def build(cfg) -> api.Parameterized:
+def build(cfg, check_output: bool = True) -> api.Parameterized:
+  """``check_output=False`` skips tracing the model to check its output
+  shape: for the other trials of a sweep group, whose first trial's build
+  checked the same shapes (most of a build's time)."""
   configlib.validate(cfg)
   task = tasks.get(cfg)
   m, p = cfg.model, cfg.parameterization
@@ -41,6 +44,8 @@ def build(cfg) -> api.Parameterized:
         f"parameterization.alpha={p.alpha} needs a model with a depth knob, but {where} "
         "takes no `depth` argument; use alpha=0")
   built.cfg, built.task = cfg, task
+  if not check_output:
+    return built
   out = jax.eval_shape(built.apply, built.abstract_params(), task.example_input(2))
   task.check_output(out.shape, 2, where)
   return built

@@ -130,11 +130,16 @@ _POOL = None
 
 
 def _compile_pool():
-  """The one background thread that compiles programs ahead of their group."""
+  """The background threads that compile programs ahead of their group."""
   global _POOL
   if _POOL is None:
     from concurrent.futures import ThreadPoolExecutor
-    _POOL = ThreadPoolExecutor(1, thread_name_prefix="hptransfer-compile")
+    # Two where the host has cores to spare (a group's init program compiles
+    # beside its train step); one on a small CPU host, where the compiles
+    # compete with training for the cores (measured on the 2-core VM: a
+    # group's setup 4.6-4.9 s with one thread, 5.1 s with two).
+    workers = 2 if (os.cpu_count() or 1) > 4 else 1
+    _POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
   return _POOL
 
 
@@ -185,7 +190,8 @@ class _Plan:
     """(every trial's build, their stacked consts), made once (thread-safe)."""
     with self._lock:
       if self._builds is None:
-        builts = [self.b0] + [build_lib.build(c) for c in self.cfgs[1:]]
+        # Same program key, same shapes: the first trial's build checked them.
+        builts = [self.b0] + [build_lib.build(c, check_output=False) for c in self.cfgs[1:]]
         self._builds = builts, step_lib.stack([b.consts() for b in builts])
       return self._builds
 
@@ -233,16 +239,23 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
         f.set_exception(e)
       return
     plan_f.set_result(plan)
-    for which, f in (jobs or {}).items():
+
+    def compile_(which, f):
       try:
         f.set_result(plan.compile(which))
       except BaseException as e:   # noqa: BLE001
         f.set_exception(e)
+    for which, f in (jobs or {}).items():
+      if ahead and which != "init":   # on the other compile thread, beside init's
+        _compile_pool().submit(compile_, which, f)
+      else:
+        compile_(which, f)
     if ahead:
       try:                 # the trials' builds (run_group makes them if this fails)
         plan.builds()
       except Exception:    # noqa: BLE001 - raised again where run_group builds them
         pass
+
   if ahead:
     _compile_pool().submit(work)
   else:
@@ -270,7 +283,7 @@ def _wait(future, group: Group, what: str):
 def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int = 0,
               progress: bool = True, log=print, trial_loop: str = "auto",
               on_eval=None, extra_rows: dict | None = None,
-              compile_ahead: bool = True) -> list[dict]:
+              compile_ahead: bool = True, on_ready=None) -> list[dict]:
   """Train one group to the end (resuming its checkpoint); returns its rows.
 
   ``on_eval(step, metrics, alive)`` (a search's pruner) is called at every
@@ -280,9 +293,9 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   ``pruned: true`` and ``pruned_step``.  ``extra_rows`` adds fields to the
   rows, by trial id.
 
-  ``compile_ahead``: the eval program compiles on the compile thread while
-  the first steps train (and ``run`` starts the next group's programs there
-  too).  Each row's ``timing`` says where the group's seconds went:
+  ``compile_ahead``: the eval program compiles on a compile thread while
+  the first steps train; ``on_ready()`` is called once this group's train
+  step is compiled (``run`` starts the next group's preparation there).  Each row's ``timing`` says where the group's seconds went:
   ``compile_s`` (its programs' compile time; 0 when an earlier group's were
   reused), ``compile_exposed_s`` (how long training waited for them),
   ``compile_hidden_s`` (the rest), ``step_s`` (a steady training step),
@@ -328,6 +341,8 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
     return jax.device_put(task.batch(cfg.data.seed, step, B, split), batch_sharding)
 
   (vstep, step_compile_s), step_wait = _wait(jobs["step"], group, "train step")
+  if on_ready is not None:
+    on_ready()
   loop = plan.loop
   exposed = step_wait + init_wait
   timing = {"setup_s": time.time() - t0 - exposed, "plan_s": plan_wait, "init_s": init_s,
@@ -621,9 +636,10 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
                dynamic_ncols=True, disable=None)
   rows, elsewhere = [], []
   for i, g in enumerate(todo_groups):
-    if compile_ahead:    # this group's programs first, then the next group's
-      for ahead in todo_groups[i:i + 2]:
-        _prepare(ahead, trial_loop, True)
+    nxt = todo_groups[i + 1] if i + 1 < len(todo_groups) else None
+    # Once this group's step is compiled, the next group is prepared beside it.
+    on_ready = ((lambda n=nxt: _prepare(n, trial_loop, True))
+                if compile_ahead and nxt is not None else None)
     with group_lock(workdir, g.id) as mine_now:
       if not mine_now:             # another process is training this group
         elsewhere.append(g.id)
@@ -637,7 +653,7 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
         t_group = time.time()
         new = run_group(g, workdir, sweep_name=sweep_name, worker=worker_index,
                         progress=progress, log=log, trial_loop=trial_loop,
-                        compile_ahead=compile_ahead)
+                        compile_ahead=compile_ahead, on_ready=on_ready)
         rows += new
         if progress and not sys.stderr.isatty():   # no progress bar: one line a group
           losses = [r["final_train_loss"] for r in new if r["final_train_loss"] is not None]
