@@ -59,3 +59,26 @@ def test_plain_jax_anchor_trains_the_same_shape(tmp_path):
   assert row["step_ms"] > 0 and row["plain_step_ms"] > 0
   lo, hi = row["vs_plain_quartiles"]
   assert lo <= row["vs_plain"] <= hi
+
+
+def test_study_arm_splits_its_wall_and_ratios_pair_repeats():
+  """``study.py``'s hptransfer arm trains every trial of the study through
+  the sweep (2 widths x SP/muP: two groups), and its fixed and per-step parts
+  add up to its wall; the ratios pair arms within a repeat."""
+  import study
+  args = study.parser().parse_args(["--widths", "32,64", "--lrs", "1", "--steps", "4"])
+  cache = jax.config.jax_enable_compilation_cache
+  try:
+    out = study.arm_hptransfer(args, bf16=False)
+  finally:                      # the arm turns the cache off for its process
+    jax.config.update("jax_enable_compilation_cache", cache)
+  assert out["trials"] == 4 and len(out["groups"]) == 2
+  assert out["per_step_s"] > 0
+  assert abs(out["fixed_s"] + out["per_step_s"] - out["wall_s"]) < 1e-9
+  assert all(g["compiled_ahead"] for g in out["groups"])
+  rows = [{"arm": "hptransfer", "repeat": 0, "wall_s": 10.0, "fixed_s": 1, "per_step_s": 9},
+          {"arm": "torch_eager", "repeat": 0, "wall_s": 15.0, "fixed_s": 1, "per_step_s": 14},
+          {"arm": "hptransfer", "repeat": 1, "wall_s": 20.0, "fixed_s": 1, "per_step_s": 19},
+          {"arm": "torch_eager", "repeat": 1, "wall_s": 20.0, "fixed_s": 1, "per_step_s": 19}]
+  r = study.summarize(rows, ["hptransfer", "torch_eager"])["ratios"]["torch_eager/hptransfer"]
+  assert r["repeats"] == [1.5, 1.0] and r["median"] == 1.25 and r["min"] == 1.0
