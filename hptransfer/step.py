@@ -245,8 +245,8 @@ def resolve_trial_loop(trial_loop: str, sharded: bool) -> str:
   written back each step.
   ``seq``: the unbatched step compiled once for one trial and dispatched K
   times a step, each trial's state kept as its own arrays (stacked only for
-  checkpoints and results).  On 2 CPU cores this is 1.23x faster than ``map``
-  for the 16-trial width-128 group (144 against 177 ms a group step;
+  checkpoints and results).  On 2 CPU cores this is 1.25x faster than ``map``
+  for the 16-trial width-128 group (133 against 167 ms a group step;
   docs/perf/trial_loops_cpu.json): the slicing and writing back is gone.
   ``auto``: seq on an unsharded CPU group, else vmap.
   """
