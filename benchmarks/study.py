@@ -1,6 +1,6 @@
 """A proxy study's wall clock: hptransfer's sweep against the PyTorch loop it replaces.
 
-    pip install -r requirements-bench.txt       # torch (CPU build here) and mup
+    pip install -r requirements-bench.txt && pip install --no-deps mup==1.0.0
     python benchmarks/study.py [--widths 128] [--lrs 8] [--steps 200] [--repeats 3] \
         [--arms hptransfer,hptransfer_bf16,torch_eager,torch_compile] \
         [--out docs/perf/study_cpu]

@@ -35,7 +35,6 @@ a resumed run draws the masks it would have drawn).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from typing import Callable
@@ -88,9 +87,9 @@ def dropout_rng(consts: dict, step):
   return jax.random.fold_in(jax.random.wrap_key_data(consts["dropout_key"]), step)
 
 
-# Leaf shapes per (factory, arguments, example input, width): tracing a Flax
-# init is the slow part of building, and a sweep builds many trials that
-# share shapes.
+# Abstract params (ShapeDtypeStruct trees) per (factory, arguments, example
+# input, width): tracing a Flax init is the slow part of building (0.1 s for
+# the width-128 Transformer), and a sweep builds many trials that share shapes.
 _SHAPES: dict = {}
 
 
@@ -191,6 +190,11 @@ class Parameterized:
     return module.init(rngs, self.example_input, **self._knob_kwargs())
 
   def _shapes(self, width: int) -> dict:
+    return P.flat_shapes(self._abstract_at(width))
+
+  def _abstract_at(self, width: int):
+    """The params tree at ``width`` as ``jax.ShapeDtypeStruct`` leaves, traced
+    once per process for what reaches the factory (``_SHAPES``)."""
     x = self.example_input
     # Keyed on what reaches the factory: models.RESERVED keys (the call-time
     # dropout rate among them) never do, so they share one entry.
@@ -215,14 +219,14 @@ class Parameterized:
             f"{self.where}: the model has variable collections {others} besides params; "
             "only params can be parameterized (use a norm without running statistics, "
             "e.g. LayerNorm or RMSNorm instead of BatchNorm)")
-      _SHAPES[key] = P.flat_shapes(variables["params"])
+      _SHAPES[key] = variables["params"]
     return _SHAPES[key]
 
   # -- parameters ---------------------------------------------------------------
 
-  @functools.cached_property
+  @property
   def _abstract(self):
-    return jax.eval_shape(lambda: self._init_variables(self.model, jax.random.key(0))["params"])
+    return self._abstract_at(self.width)
 
   def abstract_params(self):
     """The params tree as ``jax.ShapeDtypeStruct`` leaves."""

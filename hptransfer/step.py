@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from hptransfer import optim
@@ -204,9 +205,11 @@ def init_group(builts, cfgs, program=None) -> dict:
           "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}
 
 
-def init_program(b0, cfg0):
+def init_program(b0, cfg0, batched: bool = True):
   """The jitted (keys, stds, hp, mults, steps) -> (params, opt_state) of a
-  group whose first trial is built as ``b0`` from ``cfg0``."""
+  group whose first trial is built as ``b0`` from ``cfg0``: vmapped over
+  stacked trials (``init_args``), or for one trial (``batched=False``,
+  ``trial_init_args``)."""
   ocfg0 = cfg0.optimizer
   init_fn = b0.init_fn()
   # Muon's update labels are static (strings), the same for every trial.
@@ -215,7 +218,7 @@ def init_program(b0, cfg0):
   def init_one(key, stds, hp, mults, steps):
     params = init_fn(jax.random.wrap_key_data(key), stds)
     return params, optim.build(ocfg0, {**mults, **static}, steps, hp).init(params)
-  return jax.jit(jax.vmap(init_one))
+  return jax.jit(jax.vmap(init_one) if batched else init_one)
 
 
 def init_args(builts, cfgs) -> tuple:
@@ -228,6 +231,32 @@ def init_args(builts, cfgs) -> tuple:
   mults = stack([_opt_mults(b) for b in builts])
   steps = jnp.asarray([c.train.steps for c in cfgs], jnp.int32)
   return keys, stds, hp, mults, steps
+
+
+def trial_init_args(b, c) -> tuple:
+  """One trial's ``init_program(..., batched=False)`` arguments: its key,
+  init stds, optimizer numbers, per-leaf multipliers and run length."""
+  return (jax.random.key_data(jax.random.key(c.seed)), b.leaf_trees()["init_std"],
+          {k: np.float32(v) for k, v in optim.hparams(c.optimizer).items()},
+          _opt_mults(b), np.int32(c.train.steps))
+
+
+def init_trials(builts, cfgs, program=None) -> list[dict]:
+  """``init_group``'s state as K per-trial states (the ``seq`` loop's), from
+  the unbatched program (``init_program(..., batched=False)``) called once a
+  trial: the same bits as slicing ``init_group``'s (tests/test_sweep.py), and
+  a 2.5x cheaper compile than the vmapped program's (0.7 against 1.8 s for
+  the 16-trial width-128 study on 2 CPU cores), which stands between a
+  group and its first step."""
+  program = program or init_program(builts[0], cfgs[0], batched=False)
+  out = []
+  for b, c in zip(builts, cfgs):
+    params, opt = program(*trial_init_args(b, c))
+    guard = jax.device_put({
+        "step": np.int32(0), "alive": np.bool_(True), "loss0": np.float32(0),
+        "diverged_step": np.int32(0), "tail_sum": np.float32(0), "tail_n": np.int32(0)})
+    out.append({"step": guard.pop("step"), "params": params, "opt_state": opt, **guard})
+  return out
 
 
 # ----------------------------------------------------------------------------

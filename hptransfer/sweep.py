@@ -206,7 +206,10 @@ class _Plan:
       state, consts = (jax.tree_util.tree_map(
           lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
     state = step_lib.abstract(state, sh)
-    if which == "init":
+    if which == "init" and self.loop == "seq":    # one trial's init, called K times
+      args = step_lib.abstract(step_lib.trial_init_args(self.b0, self.cfgs[0]))
+      out = step_lib.aot(step_lib.init_program(self.b0, self.cfgs[0], batched=False), *args)
+    elif which == "init":
       K = self.K
       args = jax.eval_shape(lambda: step_lib.init_args([self.b0] * K, [self.cfgs[0]] * K))
       out = step_lib.aot(step_lib.init_program(self.b0, self.cfgs[0]), *args)
@@ -323,15 +326,18 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   init_compile_s = init_wait = 0.0
   if restored is not None:
     state, curves = restored.state, restored.curves
+    if seq:   # each trial's state as its own arrays
+      state = step_lib.unstack(state, K)
   else:
     (init_prog, init_compile_s), init_wait = _wait(jobs["init"], group, "init program")
-    state = step_lib.init_group(builts, cfgs, init_prog)
+    state = (step_lib.init_trials(builts, cfgs, init_prog) if seq
+             else step_lib.init_group(builts, cfgs, init_prog))
   state_sharding, batch_sharding = plan.state_sharding, plan.batch_sharding
   if state_sharding is not None:
     state = jax.device_put(state, state_sharding)
     consts = jax.device_put(consts, state_sharding)
-  if seq:   # each trial's state and consts as its own arrays
-    state, consts = step_lib.unstack(state, K), step_lib.unstack(consts, K)
+  if seq:   # each trial's consts as its own arrays
+    consts = step_lib.unstack(consts, K)
   init_s = time.perf_counter() - t_init - init_wait
 
   def stacked(st):

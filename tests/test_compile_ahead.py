@@ -49,6 +49,38 @@ def test_aot_program_gives_bitwise_the_jitted_results(loop):
   assert np.all(np.asarray(out["aot"][0]["step"]) == 3)
 
 
+@pytest.mark.parametrize("overrides", [
+    {"parameterization.name": "mup", "optimizer.schedule": "cosine", "optimizer.warmup_steps": 3},
+    {"optimizer.name": "muon"},
+    {"optimizer.name": "lion", "parameterization.name": "umup"},
+])
+def test_per_trial_init_is_the_vmapped_init_bit_for_bit(overrides):
+  """The seq loop initialises each trial with the unbatched init program
+  (``step.init_trials``, compiled ahead as one trial's program): every leaf
+  of every trial equals its slice of ``init_group``'s vmapped state, so a
+  group starts from the same bits whatever its trial loop."""
+  cfg = tiny_config(**overrides)
+  trials = S.expand(cfg, S.product(S.sweep("optimizer.lr", [1e-3, 3e-2]),
+                                   S.sweep("seed", [0, 5])))
+  builts = [build_lib.build(t.cfg) for t in trials]
+  cfgs = [t.cfg for t in trials]
+  stacked = jax.device_get(step_lib.init_group(builts, cfgs))
+  prog = step_lib.aot(step_lib.init_program(builts[0], cfgs[0], batched=False),
+                      *step_lib.abstract(step_lib.trial_init_args(builts[0], cfgs[0])))
+  per_trial = jax.device_get(step_lib.init_trials(builts, cfgs, prog))
+  assert len(per_trial) == 4
+  leaves = jax.tree_util.tree_leaves(stacked)
+  assert len(leaves) > 20
+  for k, st in enumerate(per_trial):
+    assert jax.tree_util.tree_structure(st) == jax.tree_util.tree_structure(stacked)
+    for a, b in zip(jax.tree_util.tree_leaves(st), leaves):
+      assert a.dtype == b.dtype and a.shape == b.shape[1:]
+      np.testing.assert_array_equal(a, b[k])
+  # The trials differ where they should: seeds draw other params, LRs sit in the state.
+  p = [jax.tree_util.tree_leaves(st["params"]) for st in per_trial]
+  assert any(not np.array_equal(x, y) for x, y in zip(p[0], p[1]))
+
+
 def test_compiling_ahead_changes_no_result_and_reports_its_seconds(tmp_path):
   """Two groups with compile ahead on and off: the same rows, bit for bit;
   the second group's programs compiled while the first trained."""
