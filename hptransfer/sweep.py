@@ -435,12 +435,18 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   mngr.close()
   if bar is not None:
     bar.close()
-  state = stacked(state)
-  jax.block_until_ready(state["step"])
+  # Every trial's step count and guard numbers (the rows need nothing else:
+  # a seq group's params are not stacked again after its last checkpoint).
+  keys = ("step",) + step_lib.GUARD_KEYS
+  if seq:
+    host = jax.device_get([{k: s[k] for k in keys} for s in state])
+    final = {k: np.stack([h[k] for h in host]) for k in keys}
+  else:
+    final = jax.device_get({k: state[k] for k in keys})
   t_end = time.perf_counter()
   timing["checkpoint_s"] += t_end - tc
   timing["train_s"] = t_end - t_loop - timing["eval_s"] - timing["checkpoint_s"]
-  trained_steps = int(np.max(jax.device_get(state["step"]))) - start
+  trained_steps = int(np.max(final["step"])) - start
   timing["step_s"] = ((timing["train_s"] - timing.get("first_step_s", 0.0))
                       / max(1, trained_steps - 1))
   eval_compile_s = eval_prog[0][1] if eval_prog else 0.0
@@ -455,7 +461,6 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   timing["compiled_ahead"] = bool(compile_ahead)
   timing = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
 
-  final = jax.device_get({k: state[k] for k in ("step",) + step_lib.GUARD_KEYS})
   wall = time.time() - t0
   versions = provenance.versions(perf.matmul_dtype(cfg))
   fpt = flops_per_token(b0)
