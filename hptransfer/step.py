@@ -245,9 +245,9 @@ def init_trials(builts, cfgs, program=None) -> list[dict]:
   """``init_group``'s state as K per-trial states (the ``seq`` loop's), from
   the unbatched program (``init_program(..., batched=False)``) called once a
   trial: the same bits as slicing ``init_group``'s (tests/test_sweep.py), and
-  a 2.5x cheaper compile than the vmapped program's (0.7 against 1.8 s for
-  the 16-trial width-128 study on 2 CPU cores), which stands between a
-  group and its first step."""
+  a cheaper compile than the vmapped program's (0.85 against 1.54 s for the
+  16-trial width-128 study on 2 CPU cores, docs/perf/group_setup_cpu.json),
+  which stands between a group and its first step."""
   program = program or init_program(builts[0], cfgs[0], batched=False)
   out = []
   for b, c in zip(builts, cfgs):

@@ -187,12 +187,17 @@ class _Plan:
     self._builds = None
 
   def builds(self):
-    """(every trial's build, their stacked consts), made once (thread-safe)."""
+    """(every trial's build, their consts: stacked, or a list of K for
+    ``seq``), made once (thread-safe)."""
     with self._lock:
       if self._builds is None:
         # Same program key, same shapes: the first trial's build checked them.
         builts = [self.b0] + [build_lib.build(c, check_output=False) for c in self.cfgs[1:]]
-        self._builds = builts, step_lib.stack([b.consts() for b in builts])
+        if self.loop == "seq":   # each trial's own consts: nothing to stack (or compile)
+          consts = jax.device_put(jax.device_get([b.consts() for b in builts]))
+        else:
+          consts = step_lib.stack([b.consts() for b in builts])
+        self._builds = builts, consts
       return self._builds
 
   def compile(self, which: str):
@@ -336,8 +341,6 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
   if state_sharding is not None:
     state = jax.device_put(state, state_sharding)
     consts = jax.device_put(consts, state_sharding)
-  if seq:   # each trial's consts as its own arrays
-    consts = step_lib.unstack(consts, K)
   init_s = time.perf_counter() - t_init - init_wait
 
   def stacked(st):
