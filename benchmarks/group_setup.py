@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -147,15 +146,10 @@ def main():
                                args.reps, args.steps)
   print(json.dumps({"dots_ms": out["dots_ms"]}), flush=True)
   if args.out:
-    cpu = ""
-    try:
-      with open("/proc/cpuinfo") as f:
-        cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
-    except OSError:
-      pass
+    from study import machine     # benchmarks/study.py, beside this script
     doc = {"command": "python benchmarks/group_setup.py " + " ".join(sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()},
+           "machine": machine(),
            "jax": jax.__version__, "device": jax.devices()[0].device_kind, **out}
     with open(args.out, "w") as f:
       json.dump(doc, f, indent=1)
