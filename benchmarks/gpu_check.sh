@@ -107,7 +107,9 @@ cat "$W/bench/train_step_$TABLE.md" 2>/dev/null; grep '"matmul"\|error' "$W/logs
 # --- 1a2. a proxy study's wall clock against microsoft/mup + PyTorch, trial by trial ----
 # (issue 20; goals: >= 10x the torch loop on the 32-trial width-128 group, and the
 # compile of every group but the first hidden: each group's timing in the JSON).
-# Needs torch and mup on the machine (carry their wheels).
+# Needs torch and mup: the H200 image has torch (2.11, CUDA); mup 1.0.0 is an sdist,
+# so build its wheel here (`pip wheel --no-deps mup==1.0.0 -w .whl`), carry .whl and
+# install it with --no-deps first (docs of the device tool: carrying wheels).
 want study && stage study_k32 240 $PY benchmarks/study.py --widths 128 --lrs 16 \
     --arms hptransfer,hptransfer_bf16,torch_eager --out "$W/bench/study_gpu_k32"
 want study && stage study_k64 240 $PY benchmarks/study.py --widths 128 --lrs 32 \
