@@ -17,6 +17,10 @@ fresh Python process of its own, with no compilation cache:
   (one vmapped or mapped group, guarded steps, orbax checkpoints every 50
   steps, results and curves written);
 - ``hptransfer_bf16``: the same with ``model.matmul_dtype=bfloat16``;
+- ``hptransfer_no_ckpt`` (not run by default): the float32 arm with no
+  checkpoint before the end (``train.checkpoint_every`` = the run length),
+  to see what the checkpoints cost, written by orbax on its own threads
+  beside the training;
 - ``torch_eager``: microsoft/mup on a PyTorch GPT of the same shape (pre-norm,
   RMSNorm, tanh-GELU MLP, separate q/k/v, learned positions, untied readout),
   one trial after another: ``MuReadout`` + ``set_base_shapes`` (base width
@@ -53,7 +57,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARMS = ("hptransfer", "hptransfer_bf16", "torch_eager", "torch_compile")
+ARMS = ("hptransfer", "hptransfer_bf16", "torch_eager", "torch_compile", "hptransfer_no_ckpt")
+DEFAULT_ARMS = ARMS[:4]
 
 
 # ----------------------------------------------------------------------------
@@ -105,13 +110,15 @@ def write_batches(args, path: str) -> None:
 # Arms (each in its own process).
 
 
-def arm_hptransfer(args, bf16: bool) -> dict:
+def arm_hptransfer(args, bf16: bool, checkpoints: bool = True) -> dict:
   import jax
   jax.config.update("jax_enable_compilation_cache", False)
   from hptransfer import sweep as sweep_lib
   cfg = study_config(args)
   if bf16:
     cfg.model.matmul_dtype = "bfloat16"
+  if not checkpoints:
+    cfg.train.checkpoint_every = cfg.train.steps
   workdir = tempfile.mkdtemp(prefix="study_")
   t0 = time.perf_counter()
   rows = sweep_lib.run(cfg, study_grid(args), workdir, progress=False, log=lambda *a: None,
@@ -267,6 +274,8 @@ def child(args) -> dict:
     out = arm_hptransfer(args, False)
   elif args.child == "hptransfer_bf16":
     out = arm_hptransfer(args, True)
+  elif args.child == "hptransfer_no_ckpt":
+    out = arm_hptransfer(args, False, checkpoints=False)
   elif args.child == "torch_eager":
     out = arm_torch(args, False)
   elif args.child == "torch_compile":
@@ -302,7 +311,7 @@ def summarize(rows: list[dict], arms: list[str]) -> dict:
                                                                    "per_step_s")}
   ratios = {}
   for num in ("torch_eager", "torch_compile"):
-    for den in ("hptransfer", "hptransfer_bf16"):
+    for den in [a for a in arms if a.startswith("hptransfer")]:
       per_rep = []
       for rep in sorted({r["repeat"] for r in rows}):
         a = [r for r in rows if r["repeat"] == rep and r["arm"] == num]
@@ -334,7 +343,8 @@ def parser():
                   "(the group has 2 x LRS trials)")
   ap.add_argument("--steps", type=int, default=200)
   ap.add_argument("--repeats", type=int, default=1)
-  ap.add_argument("--arms", default=",".join(ARMS))
+  ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                  help=f"comma-separated, of {', '.join(ARMS)}")
   ap.add_argument("--trial_loop", default="auto", choices=["auto", "vmap", "map"])
   ap.add_argument("--out", default="", help="write OUT.json and OUT.md")
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)

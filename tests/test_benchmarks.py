@@ -82,3 +82,9 @@ def test_study_arm_splits_its_wall_and_ratios_pair_repeats():
           {"arm": "torch_eager", "repeat": 1, "wall_s": 20.0, "fixed_s": 1, "per_step_s": 19}]
   r = study.summarize(rows, ["hptransfer", "torch_eager"])["ratios"]["torch_eager/hptransfer"]
   assert r["repeats"] == [1.5, 1.0] and r["median"] == 1.25 and r["min"] == 1.0
+  # Every hptransfer arm asked for is a denominator (the no-checkpoint arm too).
+  rows.append({"arm": "hptransfer_no_ckpt", "repeat": 1, "wall_s": 16.0, "fixed_s": 1,
+               "per_step_s": 15})
+  ratios = study.summarize(rows, ["hptransfer", "torch_eager", "hptransfer_no_ckpt"])["ratios"]
+  assert ratios["torch_eager/hptransfer_no_ckpt"]["repeats"] == [1.25]
+  assert "torch_compile/hptransfer" not in ratios
