@@ -52,13 +52,10 @@ def group(args):
 
 
 def init_compile(b0, builts, cfgs) -> dict:
-  K = len(cfgs)
   t0 = time.perf_counter()
-  args = jax.eval_shape(lambda: step_lib.init_args([b0] * K, [cfgs[0]] * K))
-  batched = step_lib.aot(step_lib.init_program(b0, cfgs[0]), *args)
+  batched = step_lib.aot_init(b0, cfgs[0], len(cfgs))
   t1 = time.perf_counter()
-  one = step_lib.aot(step_lib.init_program(b0, cfgs[0], batched=False),
-                     *step_lib.abstract(step_lib.trial_init_args(b0, cfgs[0])))
+  one = step_lib.aot_init(b0, cfgs[0])
   t2 = time.perf_counter()
   stacked = jax.device_get(step_lib.init_group(builts, cfgs, batched))
   per_trial = jax.device_get(step_lib.init_trials(builts, cfgs, one))

@@ -244,7 +244,7 @@ def trial_init_args(b, c) -> tuple:
 def init_trials(builts, cfgs, program=None) -> list[dict]:
   """``init_group``'s state as K per-trial states (the ``seq`` loop's), from
   the unbatched program (``init_program(..., batched=False)``) called once a
-  trial: the same bits as slicing ``init_group``'s (tests/test_sweep.py), and
+  trial: the same bits as slicing ``init_group``'s (tests/test_compile_ahead.py), and
   a cheaper compile than the vmapped program's (0.85 against 1.54 s for the
   16-trial width-128 study on 2 CPU cores, docs/perf/group_setup_cpu.json),
   which stands between a group and its first step."""
@@ -252,11 +252,18 @@ def init_trials(builts, cfgs, program=None) -> list[dict]:
   out = []
   for b, c in zip(builts, cfgs):
     params, opt = program(*trial_init_args(b, c))
-    guard = jax.device_put({
-        "step": np.int32(0), "alive": np.bool_(True), "loss0": np.float32(0),
-        "diverged_step": np.int32(0), "tail_sum": np.float32(0), "tail_n": np.int32(0)})
-    out.append({"step": guard.pop("step"), "params": params, "opt_state": opt, **guard})
+    out.append(guard({"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": opt}))
   return out
+
+
+def aot_init(b0, cfg0, K: int | None = None):
+  """The init program of a group whose first trial is built as ``b0`` from
+  ``cfg0``, compiled ahead (``aot``): vmapped over K stacked trials
+  (``init_group``'s), or for one trial with ``K=None`` (``init_trials``')."""
+  if K is None:
+    return aot(init_program(b0, cfg0, batched=False), *abstract(trial_init_args(b0, cfg0)))
+  args = jax.eval_shape(lambda: init_args([b0] * K, [cfg0] * K))
+  return aot(init_program(b0, cfg0), *args)
 
 
 # ----------------------------------------------------------------------------
@@ -330,7 +337,6 @@ def aot(jitted, *args):
 def stack_on_host(trees):
   """``stack`` through the host: one copy per leaf instead of a dispatched
   concatenation (the ``seq`` loop's per-trial states, at checkpoints)."""
-  import numpy as np
   host = jax.device_get(trees)
   return jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *host))
 

@@ -193,11 +193,8 @@ class _Plan:
       if self._builds is None:
         # Same program key, same shapes: the first trial's build checked them.
         builts = [self.b0] + [build_lib.build(c, check_output=False) for c in self.cfgs[1:]]
-        if self.loop == "seq":   # each trial's own consts: nothing to stack (or compile)
-          consts = jax.device_put(jax.device_get([b.consts() for b in builts]))
-        else:
-          consts = step_lib.stack([b.consts() for b in builts])
-        self._builds = builts, consts
+        consts = [b.consts() for b in builts]   # seq: each trial's own, unstacked
+        self._builds = builts, consts if self.loop == "seq" else step_lib.stack(consts)
       return self._builds
 
   def compile(self, which: str):
@@ -211,13 +208,8 @@ class _Plan:
       state, consts = (jax.tree_util.tree_map(
           lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
     state = step_lib.abstract(state, sh)
-    if which == "init" and self.loop == "seq":    # one trial's init, called K times
-      args = step_lib.abstract(step_lib.trial_init_args(self.b0, self.cfgs[0]))
-      out = step_lib.aot(step_lib.init_program(self.b0, self.cfgs[0], batched=False), *args)
-    elif which == "init":
-      K = self.K
-      args = jax.eval_shape(lambda: step_lib.init_args([self.b0] * K, [self.cfgs[0]] * K))
-      out = step_lib.aot(step_lib.init_program(self.b0, self.cfgs[0]), *args)
+    if which == "init":      # seq: one trial's init, called K times
+      out = step_lib.aot_init(self.b0, self.cfgs[0], None if self.loop == "seq" else self.K)
     elif which == "step":
       out = step_lib.aot(vstep, state, consts, self.batch)
     else:

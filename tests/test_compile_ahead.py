@@ -65,8 +65,7 @@ def test_per_trial_init_is_the_vmapped_init_bit_for_bit(overrides):
   builts = [build_lib.build(t.cfg) for t in trials]
   cfgs = [t.cfg for t in trials]
   stacked = jax.device_get(step_lib.init_group(builts, cfgs))
-  prog = step_lib.aot(step_lib.init_program(builts[0], cfgs[0], batched=False),
-                      *step_lib.abstract(step_lib.trial_init_args(builts[0], cfgs[0])))
+  prog = step_lib.aot_init(builts[0], cfgs[0])              # one trial's program
   per_trial = jax.device_get(step_lib.init_trials(builts, cfgs, prog))
   assert len(per_trial) == 4
   leaves = jax.tree_util.tree_leaves(stacked)
