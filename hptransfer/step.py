@@ -168,11 +168,12 @@ def init_state(p, tx, seed: int) -> dict:
   return {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
-def guard(state: dict) -> dict:
-  """A run's state with the guard's fields (alive, first loss, tail sums)."""
-  return {**state, "alive": jnp.ones([], bool), "loss0": jnp.zeros([], jnp.float32),
-          "diverged_step": jnp.zeros([], jnp.int32),
-          "tail_sum": jnp.zeros([], jnp.float32), "tail_n": jnp.zeros([], jnp.int32)}
+def guard(state: dict, shape: tuple = ()) -> dict:
+  """A run's state with the guard's fields (alive, first loss, tail sums);
+  ``shape`` (K,) for a group's K stacked trials."""
+  return {**state, "alive": jnp.ones(shape, bool), "loss0": jnp.zeros(shape, jnp.float32),
+          "diverged_step": jnp.zeros(shape, jnp.int32),
+          "tail_sum": jnp.zeros(shape, jnp.float32), "tail_n": jnp.zeros(shape, jnp.int32)}
 
 
 def stack(trees):
@@ -199,10 +200,7 @@ def init_group(builts, cfgs, program=None) -> dict:
   args = init_args(builts, cfgs)
   params, opt = (program or init_program(builts[0], cfgs[0]))(*args)
   K = len(cfgs)
-  return {"step": jnp.zeros([K], jnp.int32), "params": params, "opt_state": opt,
-          "alive": jnp.ones([K], bool), "loss0": jnp.zeros([K], jnp.float32),
-          "diverged_step": jnp.zeros([K], jnp.int32),
-          "tail_sum": jnp.zeros([K], jnp.float32), "tail_n": jnp.zeros([K], jnp.int32)}
+  return guard({"step": jnp.zeros([K], jnp.int32), "params": params, "opt_state": opt}, (K,))
 
 
 def init_program(b0, cfg0, batched: bool = True):
