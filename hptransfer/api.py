@@ -232,10 +232,11 @@ class Parameterized:
     """The params tree as ``jax.ShapeDtypeStruct`` leaves."""
     return self._abstract
 
-  def leaf_trees(self) -> dict:
+  def leaf_trees(self, fields: tuple[str, ...] = P.LEAF_FIELDS) -> dict:
     """Per-leaf ``init_std``, ``forward_mult``, ``lr_mult``, ``wd_mult`` and
-    ``eps_mult`` as params-shaped trees of scalars (arrays: vmappable)."""
-    return P.leaf_trees(self._abstract, self.table)
+    ``eps_mult`` (or the ``fields`` named) as params-shaped trees of scalars
+    (arrays: vmappable); with Muon also the static ``labels`` tree."""
+    return P.leaf_trees(self._abstract, self.table, fields)
 
   def init_fn(self):
     """``(rng, init_std tree) -> params`` as stored (before forward multipliers);
@@ -246,7 +247,7 @@ class Parameterized:
   def init(self, rng):
     """The stored params: every matrix drawn ``N(0, init_std^2)`` from its own
     key (folded from its path), 1-D leaves as the module initialises them."""
-    return jax.jit(self.init_fn())(rng, self.leaf_trees()["init_std"])
+    return jax.jit(self.init_fn())(rng, self.leaf_trees(("init_std",))["init_std"])
 
   def num_params(self) -> int:
     return sum(math.prod(leaf.shape) for leaf in self.table.values())
@@ -263,7 +264,7 @@ class Parameterized:
     """What the forward pass takes besides params: the per-leaf forward
     multipliers and the knobs, as arrays (so trials can be vmapped); with
     dropout, its rate and the trial's dropout key data."""
-    c = {"forward_mult": self.leaf_trees()["forward_mult"],
+    c = {"forward_mult": self.leaf_trees(("forward_mult",))["forward_mult"],
          "attn_scale": jnp.asarray(self.attn_scale, jnp.float32),
          "branch_mult": jnp.asarray(self.branch_mult, jnp.float32)}
     if self.residual is not None:

@@ -78,11 +78,14 @@ def _markov_batch(cdf, rng, batch_size, length):
 
 def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-  files = sorted(
-      f for f in root.rglob("*.py")
-      if not (_EXCLUDED_DIRS & set(f.relative_to(root).parts))
-      and not f.name.startswith("test_"))
-  return root, files
+  files = []
+  # os.walk, pruned: an rglob walked every file under site-packages too (50k
+  # here, 0.4 s of each run's setup) before the filter dropped them.
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d not in _EXCLUDED_DIRS]
+    files += [pathlib.Path(dirpath, n) for n in filenames
+              if n.endswith(".py") and not n.startswith("test_")]
+  return root, sorted(files)
 
 
 @functools.lru_cache(maxsize=2)

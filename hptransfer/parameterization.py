@@ -537,20 +537,26 @@ def unit_residual(knobs: Knobs, depth: int) -> np.ndarray:
   return out
 
 
-def _tree_from_table(params_like, table: Mapping[str, Leaf], field: str, dtype=jnp.float32):
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params_like)
-  vals = []
-  for p, _ in leaves:
-    v = getattr(table[path_str(p)], field)
-    vals.append(jnp.asarray(1.0 if v is None else v, dtype))
-  return jax.tree_util.tree_unflatten(treedef, vals)
+LEAF_FIELDS = ("init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")
 
 
-def leaf_trees(params_like, table: Mapping[str, Leaf]) -> dict[str, Any]:
+def leaf_trees(params_like, table: Mapping[str, Leaf],
+               fields: tuple[str, ...] = LEAF_FIELDS) -> dict[str, Any]:
   """The per-leaf scalars as pytrees shaped like params (for jit/vmap); with
-  Muon also ``labels``, a static tree of ``"muon"`` / ``"adam"`` strings."""
-  out = {f: _tree_from_table(params_like, table, f)
-         for f in ("init_std", "forward_mult", "lr_mult", "wd_mult", "eps_mult")}
+  Muon also ``labels``, a static tree of ``"muon"`` / ``"adam"`` strings.
+
+  ``fields``: which of ``LEAF_FIELDS`` (all by default).  The scalars are
+  float32 device arrays, fresh on every call (a caller may donate them), put
+  on the device in one call: a ``jnp.asarray`` a leaf was 0.6 s of a
+  16-trial width-128 sweep group's setup (docs/performance.md)."""
+  bad = [f for f in fields if f not in LEAF_FIELDS]
+  if bad:
+    raise ValueError(f"leaf_trees fields {bad} are not among {', '.join(LEAF_FIELDS)}")
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params_like)
+  rows = [table[path_str(p)] for p, _ in leaves]
+  out = jax.device_put({f: jax.tree_util.tree_unflatten(treedef, [
+      np.asarray(1.0 if getattr(r, f) is None else getattr(r, f), np.float32) for r in rows])
+                        for f in fields})
   if any(leaf.update == "muon" for leaf in table.values()):
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params_like)
     out["labels"] = jax.tree_util.tree_unflatten(

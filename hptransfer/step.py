@@ -182,8 +182,9 @@ def stack(trees):
 
 
 def _opt_mults(p) -> dict:
-  trees = p.leaf_trees()
-  return {k: trees[k] for k in ("lr_mult", "wd_mult", "eps_mult")}
+  fields = ("lr_mult", "wd_mult", "eps_mult")
+  trees = p.leaf_trees(fields)
+  return {k: trees[k] for k in fields}
 
 
 def init_group(builts, cfgs, program=None) -> dict:
@@ -211,7 +212,7 @@ def init_program(b0, cfg0, batched: bool = True):
   ocfg0 = cfg0.optimizer
   init_fn = b0.init_fn()
   # Muon's update labels are static (strings), the same for every trial.
-  static = {k: v for k, v in b0.leaf_trees().items() if k == "labels"}
+  static = {k: v for k, v in b0.leaf_trees(()).items() if k == "labels"}
 
   def init_one(key, stds, hp, mults, steps):
     params = init_fn(jax.random.wrap_key_data(key), stds)
@@ -223,7 +224,7 @@ def init_args(builts, cfgs) -> tuple:
   """``init_program``'s arguments: every trial's key, init stds, optimizer
   numbers, per-leaf multipliers and run length, stacked."""
   keys = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in cfgs])
-  stds = stack([b.leaf_trees()["init_std"] for b in builts])
+  stds = stack([b.leaf_trees(("init_std",))["init_std"] for b in builts])
   hp = stack([{k: jnp.asarray(v, jnp.float32) for k, v in optim.hparams(c.optimizer).items()}
               for c in cfgs])
   mults = stack([_opt_mults(b) for b in builts])
@@ -234,7 +235,7 @@ def init_args(builts, cfgs) -> tuple:
 def trial_init_args(b, c) -> tuple:
   """One trial's ``init_program(..., batched=False)`` arguments: its key,
   init stds, optimizer numbers, per-leaf multipliers and run length."""
-  return (jax.random.key_data(jax.random.key(c.seed)), b.leaf_trees()["init_std"],
+  return (jax.random.key_data(jax.random.key(c.seed)), b.leaf_trees(("init_std",))["init_std"],
           {k: np.float32(v) for k, v in optim.hparams(c.optimizer).items()},
           _opt_mults(b), np.int32(c.train.steps))
 

@@ -377,54 +377,62 @@ def run_group(group: Group, workdir: str, *, sweep_name: str = "", worker: int =
                leave=False, dynamic_ncols=True, disable=None)
   last_eval: dict = {}
   t_loop = time.perf_counter()
-  t_first = None
-  for step in range(start, steps):
-    batch = batch_at(step)
-    if seq:
-      out = [vstep(state[k], consts[k], batch) for k in range(K)]   # (grid's zip shadows zip)
-      state = [o[0] for o in out]
-      loss = [o[1]["loss"] for o in out]
-    else:
-      state, metrics = vstep(state, consts, batch)
-      loss = metrics["loss"]
-    done = step + 1
-    if t_first is None:
-      jax.block_until_ready(loss)
-      t_first = time.perf_counter()
-      timing["first_step_s"] = t_first - t_loop
-    if done % cfg.train.log_every == 0 or done == steps:
-      curves["train"].append([done, np.asarray(jax.device_get(loss)).tolist()])
-    if done % cfg.train.eval_every == 0 or done == steps:
-      jax.block_until_ready(loss)
-      te = time.perf_counter()
-      last_eval = evaluate()
-      curves["eval"].append([done, last_eval["loss"].tolist()])
-      for k, v in last_eval.items():
-        if k != "loss":
-          curves.setdefault(f"eval_{k}", []).append([done, v.tolist()])
-      if on_eval is not None and done < steps:
-        n = len(group.trials)
-        alive_now = alive()[:n]
-        stop = [k for k in on_eval(done, {m: np.asarray(v)[:n] for m, v in last_eval.items()},
-                                   alive_now) if alive_now[k]]
-        if stop:
-          curves.setdefault("pruned", {}).update({str(k): done for k in stop})
-          if seq:
-            for k in stop:
-              state[k] = {**state[k], "alive": jax.numpy.zeros_like(state[k]["alive"])}
-          else:
-            state = {**state, "alive": state["alive"].at[np.asarray(stop)].set(False)}
-      timing["eval_s"] += time.perf_counter() - te
-    if done % cfg.train.checkpoint_every == 0 and done < steps:
-      jax.block_until_ready(loss)
-      tc = time.perf_counter()
-      ckpt.save(mngr, done, stacked(state), curves)
-      timing["checkpoint_s"] += time.perf_counter() - tc
-    if bar is not None:
-      bar.update(1)
-    if done % cfg.train.log_every == 0 and not alive().any():
-      log(f"group {group.id}: every trial diverged by step {done}")
-      break
+  t_first = in_flight = None
+  with perf.frozen_heap():   # no GC pass walks the setup's objects every few steps
+    for step in range(start, steps):
+      batch = batch_at(step)
+      if seq:
+        out = [vstep(state[k], consts[k], batch) for k in range(K)]   # (grid's zip shadows zip)
+        state = [o[0] for o in out]
+        loss = [o[1]["loss"] for o in out]
+      else:
+        state, metrics = vstep(state, consts, batch)
+        loss = metrics["loss"]
+      done = step + 1
+      # At most two steps in flight: wait for the previous one.  Left to run
+      # ahead to the next loss fetch, the host queues up to ten steps of
+      # executions and their buffers, and the steps ran 15-20% slower
+      # (docs/performance.md); the results are the same bits either way.
+      if in_flight is not None:
+        jax.block_until_ready(in_flight)
+      in_flight = loss
+      if t_first is None:
+        jax.block_until_ready(loss)
+        t_first = time.perf_counter()
+        timing["first_step_s"] = t_first - t_loop
+      if done % cfg.train.log_every == 0 or done == steps:
+        curves["train"].append([done, np.asarray(jax.device_get(loss)).tolist()])
+      if done % cfg.train.eval_every == 0 or done == steps:
+        jax.block_until_ready(loss)
+        te = time.perf_counter()
+        last_eval = evaluate()
+        curves["eval"].append([done, last_eval["loss"].tolist()])
+        for k, v in last_eval.items():
+          if k != "loss":
+            curves.setdefault(f"eval_{k}", []).append([done, v.tolist()])
+        if on_eval is not None and done < steps:
+          n = len(group.trials)
+          alive_now = alive()[:n]
+          stop = [k for k in on_eval(done, {m: np.asarray(v)[:n] for m, v in last_eval.items()},
+                                     alive_now) if alive_now[k]]
+          if stop:
+            curves.setdefault("pruned", {}).update({str(k): done for k in stop})
+            if seq:
+              for k in stop:
+                state[k] = {**state[k], "alive": jax.numpy.zeros_like(state[k]["alive"])}
+            else:
+              state = {**state, "alive": state["alive"].at[np.asarray(stop)].set(False)}
+        timing["eval_s"] += time.perf_counter() - te
+      if done % cfg.train.checkpoint_every == 0 and done < steps:
+        jax.block_until_ready(loss)
+        tc = time.perf_counter()
+        ckpt.save(mngr, done, stacked(state), curves)
+        timing["checkpoint_s"] += time.perf_counter() - tc
+      if bar is not None:
+        bar.update(1)
+      if done % cfg.train.log_every == 0 and not alive().any():
+        log(f"group {group.id}: every trial diverged by step {done}")
+        break
   tc = time.perf_counter()
   mngr.wait_until_finished()
   mngr.close()

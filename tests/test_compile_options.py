@@ -58,3 +58,23 @@ def test_xla_flag_choice_weighs_compile_against_step_time():
   assert mod.choose([dict(r) for r in (ref, fast_compile, slow_step)], 300, 1.2)["flags"] == "b"
   assert mod.choose([dict(r) for r in (ref, fast_compile)], 5000, 1.05)["flags"] == ""
   assert mod.choose([dict(broken), dict(fast_compile)], 300, 1.05) is None
+
+
+def test_frozen_heap_keeps_gc_off_the_setup_objects_and_restores():
+  import gc
+  assert gc.get_freeze_count() == 0
+  before = len(gc.get_objects())
+  with perf.frozen_heap():
+    # what existed on entry is out of every generation a pass walks
+    assert gc.get_freeze_count() >= before - 100
+    assert len(gc.get_objects()) < before // 10
+  assert gc.get_freeze_count() == 0
+  # a caller's own freeze is left as it was
+  gc.freeze()
+  try:
+    n = gc.get_freeze_count()
+    with perf.frozen_heap():
+      assert gc.get_freeze_count() == n
+    assert gc.get_freeze_count() == n
+  finally:
+    gc.unfreeze()

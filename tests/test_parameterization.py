@@ -266,3 +266,23 @@ def test_embed_lr_mult_scales_the_tables_lr_and_nothing_else(param):
     assert r["lr_mult"] == pytest.approx(plain[path]["lr_mult"] * f), path
     assert r["wd_mult"] == pytest.approx(plain[path]["wd_mult"] / f), path
     assert r["init_std"] == plain[path]["init_std"]
+
+
+def test_leaf_trees_fields_values_and_fresh_arrays():
+  b = build_lib.build(tiny_config())
+  full = b.leaf_trees()
+  part = b.leaf_trees(("init_std", "lr_mult"))
+  assert set(part) == {"init_std", "lr_mult"}
+  for f in part:
+    a, c = jax.tree.leaves(full[f]), jax.tree.leaves(part[f])
+    assert [x.dtype for x in a] == [np.float32] * len(a)
+    np.testing.assert_array_equal(np.stack(a), np.stack(c))
+  # each leaf is the table's number, as float32
+  stds = {P.path_str(p): float(v) for p, v in jax.tree_util.tree_flatten_with_path(full["init_std"])[0]}
+  assert stds == {k: float(np.float32(v.init_std)) for k, v in b.table.items()}
+  # fresh buffers every call: a caller that donates one set keeps the other
+  x, y = jax.tree.leaves(full["lr_mult"])[0], jax.tree.leaves(part["lr_mult"])[0]
+  x.delete()
+  assert float(y) == float(np.float32(next(iter(b.table.values())).lr_mult))
+  with pytest.raises(ValueError, match="lr_multt"):
+    b.leaf_trees(("lr_multt",))
