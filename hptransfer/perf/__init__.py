@@ -82,9 +82,11 @@ def frozen_heap():
   (every trial's state and metrics pytrees), so the collector runs often,
   and each of its oldest-generation passes walks every object the process
   holds: the imported libraries, the traced and compiled programs.  In the
-  16-trial study (docs/performance.md) that was 17 passes of ~120 ms each.
+  16-trial study's float32 arm that was 14 passes, 2.3-2.5 s in all
+  (docs/perf/host_loop_cpu.json).
   ``gc.freeze()`` moves what exists now into the permanent generation, which
-  no pass walks; the loop's own garbage is collected as before.  On exit the
+  no pass walks (the same passes then took 0.18-0.20 s); the loop's own
+  garbage is collected as before.  On exit the
   objects go back (``gc.unfreeze()``).  When the caller has frozen objects
   already (a pre-fork server), nothing is changed.  Only speed changes: no
   object is freed earlier or later than its cycle would be.
