@@ -135,9 +135,11 @@ def _compile_pool():
   if _POOL is None:
     from concurrent.futures import ThreadPoolExecutor
     # Two where the host has cores to spare (a group's init program compiles
-    # beside its train step); one on a small CPU host, where the compiles
-    # compete with training for the cores (measured on the 2-core VM: a
-    # group's setup 4.6-4.9 s with one thread, 5.1 s with two).
+    # beside its train step); one on a small CPU host, where XLA's compile of
+    # one program already keeps both cores busy: on the 2-core VM, with two
+    # threads the init and step programs were both ready 4.2-5.7 s after
+    # they began, against 4.2-5.3 s one after the other, 3 runs each
+    # (docs/perf/fixed_cost_probes_cpu.json, ``timeline``).
     workers = 2 if (os.cpu_count() or 1) > 4 else 1
     _POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
   return _POOL
@@ -245,8 +247,12 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
         f.set_result(plan.compile(which))
       except BaseException as e:   # noqa: BLE001
         f.set_exception(e)
-    for which, f in (jobs or {}).items():
-      if ahead and which != "init":   # on the other compile thread, beside init's
+    # The step and eval programs go to the pool first, so that with two
+    # compile threads the step compiles beside the init program (compiled
+    # here); with one they queue behind it, in the same order as before.
+    for which in sorted(jobs or {}, key=lambda w: w == "init"):
+      f = jobs[which]
+      if ahead and which != "init":
         _compile_pool().submit(compile_, which, f)
       else:
         compile_(which, f)

@@ -133,3 +133,35 @@ def test_a_failing_background_compile_fails_the_group_that_needs_it(tmp_path, mo
   new = S.run(cfg, GRID, workdir, progress=False)
   assert {r["group_id"] for r in new} == {second.id} and len(new) == 2
   assert len(results_lib.read_rows(workdir)) == 4
+
+
+def test_with_two_compile_threads_the_step_compiles_beside_the_init(tmp_path, monkeypatch):
+  """On a host with cores to spare (two compile threads) a group's train
+  step starts compiling while its init program compiles, not after it: the
+  init compile here waits until the step compile has started, which would
+  never happen if the step were queued behind it."""
+  import threading
+  from concurrent.futures import ThreadPoolExecutor
+  cfg = tiny_config(**FAST)
+  real = S._Plan.compile
+  step_started = threading.Event()
+  seen = {}
+
+  def watched(self, which):
+    if which == "step":
+      step_started.set()
+    if which == "init":
+      seen["step_began_first"] = step_started.wait(timeout=20)
+    return real(self, which)
+  monkeypatch.setattr(S._Plan, "compile", watched)
+  pool = ThreadPoolExecutor(2, thread_name_prefix="hptransfer-compile")
+  monkeypatch.setattr(S, "_POOL", pool)
+  S._COMPILED.clear()
+  try:
+    rows = S.run(cfg, S.sweep("optimizer.lr", [1e-3, 1e-2]), str(tmp_path / "w"),
+                 progress=False)
+  finally:
+    pool.shutdown()
+    S._COMPILED.clear()
+  assert seen == {"step_began_first": True}
+  assert len(rows) == 2 and all(np.isfinite(r["final_train_loss"]) for r in rows)
