@@ -54,14 +54,13 @@ def _plan():
 
 
 def _lowered(plan):
-  from hptransfer import step as st
-  vstep, veval = st.compile_group(plan.b0, plan.tx0, plan.cfg, "seq")
-  one = lambda t: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t)
-  state, consts = one(plan.abstract), one(plan.abstract_consts)
-  init = st.init_program(plan.b0, plan.cfgs[0], batched=False)
-  return {"init": init.lower(*st.abstract(st.trial_init_args(plan.b0, plan.cfgs[0]))),
-          "step": vstep.lower(state, consts, plan.batch),
-          "eval": veval.lower(state["params"], consts, plan.val_batch)}
+  return {which: plan.lower(which) for which in ("init", "step", "eval")}
+
+
+def _use_pool(workers):
+  from concurrent.futures import ThreadPoolExecutor
+  from hptransfer import sweep as S
+  S._POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
 
 
 def options(opts):
@@ -111,10 +110,8 @@ def dispatch():
 
 
 def pool(workers, steps):
-  from concurrent.futures import ThreadPoolExecutor
   import study
-  from hptransfer import sweep as S
-  S._POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
+  _use_pool(workers)
   a = argparse.Namespace(widths="128", lrs=8, steps=steps, trial_loop="auto", child="hptransfer")
   out = study.arm_hptransfer(a, False)
   g = out["groups"][0]
@@ -129,10 +126,8 @@ O1 = {"xla_backend_optimization_level": 1}
 
 
 def run_all(rounds: int, out_path: str):
-  import platform
-  import flax
-  import optax
   import study
+  from hptransfer import provenance
   cmds = []
   for _ in range(rounds):
     cmds += [["options", json.dumps(o)] for o in OPTION_VARIANTS]
@@ -152,10 +147,7 @@ def run_all(rounds: int, out_path: str):
   doc = {"command": "python benchmarks/fixed_cost_probes.py " + " ".join(sys.argv[1:]),
          "when_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
          "machine": study.machine(),
-         "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(
-             jax.lib, "__version__") else jax.__version__, "flax": flax.__version__,
-                      "optax": optax.__version__, "numpy": np.__version__,
-                      "python": platform.python_version()},
+         "versions": provenance.versions(),
          "runs": rows}
   with open(out_path, "w") as f:
     json.dump(doc, f, indent=1)
@@ -166,13 +158,12 @@ def timeline(workers, steps):
   import functools
   import tempfile
   import threading
-  from concurrent.futures import ThreadPoolExecutor
   import study
   from hptransfer import checkpoint as ckpt
   from hptransfer import step as st
   from hptransfer import sweep as S
   jax.config.update("jax_enable_compilation_cache", False)
-  S._POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
+  _use_pool(workers)
   t0, events = [0.0], []
 
   def watch(obj, name, label):

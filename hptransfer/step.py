@@ -255,14 +255,20 @@ def init_trials(builts, cfgs, program=None) -> list[dict]:
   return out
 
 
-def aot_init(b0, cfg0, K: int | None = None):
+def init_lowered(b0, cfg0, K: int | None = None):
   """The init program of a group whose first trial is built as ``b0`` from
-  ``cfg0``, compiled ahead (``aot``): vmapped over K stacked trials
-  (``init_group``'s), or for one trial with ``K=None`` (``init_trials``')."""
+  ``cfg0``, lowered for its abstract arguments (``jax.stages.Lowered``):
+  vmapped over K stacked trials (``init_group``'s), or for one trial with
+  ``K=None`` (``init_trials``')."""
   if K is None:
-    return aot(init_program(b0, cfg0, batched=False), *abstract(trial_init_args(b0, cfg0)))
+    return init_program(b0, cfg0, batched=False).lower(*abstract(trial_init_args(b0, cfg0)))
   args = jax.eval_shape(lambda: init_args([b0] * K, [cfg0] * K))
-  return aot(init_program(b0, cfg0), *args)
+  return init_program(b0, cfg0).lower(*args)
+
+
+def aot_init(b0, cfg0, K: int | None = None):
+  """``init_lowered``'s program compiled ahead (as ``aot`` compiles)."""
+  return init_lowered(b0, cfg0, K).compile()
 
 
 # ----------------------------------------------------------------------------

@@ -202,6 +202,13 @@ class _Plan:
   def compile(self, which: str):
     """(compiled program, seconds): ``which`` is "init", "step" or "eval"."""
     t0 = time.perf_counter()
+    out = self.lower(which).compile()
+    return out, time.perf_counter() - t0
+
+  def lower(self, which: str):
+    """The ``jax.stages.Lowered`` that ``compile(which)`` compiles: the same
+    program ``step.aot`` would compile (benchmarks/fixed_cost_probes.py
+    compiles it under other XLA options)."""
     vstep, veval = step_lib.compile_group(self.b0, self.tx0, self.cfg, self.loop)
     sh = None if self.loop == "seq" else self.state_sharding
     state = self.abstract
@@ -211,12 +218,10 @@ class _Plan:
           lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
     state = step_lib.abstract(state, sh)
     if which == "init":      # seq: one trial's init, called K times
-      out = step_lib.aot_init(self.b0, self.cfgs[0], None if self.loop == "seq" else self.K)
-    elif which == "step":
-      out = step_lib.aot(vstep, state, consts, self.batch)
-    else:
-      out = step_lib.aot(veval, state["params"], consts, self.val_batch)
-    return out, time.perf_counter() - t0
+      return step_lib.init_lowered(self.b0, self.cfgs[0], None if self.loop == "seq" else self.K)
+    if which == "step":
+      return vstep.lower(state, consts, self.batch)
+    return veval.lower(state["params"], consts, self.val_batch)
 
 
 def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
@@ -250,7 +255,7 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
     # The step and eval programs go to the pool first, so that with two
     # compile threads the step compiles beside the init program (compiled
     # here); with one they queue behind it, in the same order as before.
-    for which in sorted(jobs or {}, key=lambda w: w == "init"):
+    for which in (("step", "eval", "init") if jobs else ()):
       f = jobs[which]
       if ahead and which != "init":
         _compile_pool().submit(compile_, which, f)
