@@ -88,12 +88,13 @@ def global_norm(tree) -> jax.Array:
                       for x in jax.tree_util.tree_leaves(tree)))
 
 
-def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True):
+def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True,
+                    grad_norm: bool = True):
   """(state, consts, batch) -> (state, metrics); state = {step, params, opt_state}.
 
   ``consts`` (``p.consts()``) holds the forward multipliers and model knobs.
-  Metrics: ``loss``, ``ce``, ``grad_norm`` and, with ``leaf_rms``, the per-leaf
-  rms of params, grads and updates.  With dropout (``p.dropout_on``) the
+  Metrics: ``loss``, ``ce``, ``grad_norm`` (unless ``grad_norm=False``) and,
+  with ``leaf_rms``, the per-leaf rms of params, grads and updates.  With dropout (``p.dropout_on``) the
   masks of step t come from ``api.dropout_rng(consts, t)``: a pure function of
   the trial's seed and the step, so a resumed run repeats them.
   """
@@ -105,7 +106,9 @@ def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True):
   def step(state, consts, batch):
     rngs = {"dropout": api.dropout_rng(consts, state["step"])} if dropout_on else None
     (loss, aux), grads = grad_fn(state["params"], consts, batch, rngs)
-    metrics = {"loss": loss, "ce": aux["ce"], "grad_norm": global_norm(grads)}
+    metrics = {"loss": loss, "ce": aux["ce"]}
+    if grad_norm:
+      metrics["grad_norm"] = global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     if leaf_rms:
@@ -125,10 +128,10 @@ def make_eval_step(p):
 
 
 def make_guarded_step(p, tx, z_loss: float = 0.0, divergence_mult: float = 3.0,
-                      leaf_rms: bool = False):
+                      leaf_rms: bool = False, grad_norm: bool = True):
   """A train step that freezes the run from the step its loss goes bad
   (``is_bad``) and sums the losses of the final tail (``tail_start``)."""
-  inner_step = make_train_step(p, tx, z_loss, leaf_rms)
+  inner_step = make_train_step(p, tx, z_loss, leaf_rms, grad_norm)
   mult = float(divergence_mult)
 
   def step(state, consts, batch):
@@ -152,10 +155,10 @@ def make_guarded_step(p, tx, z_loss: float = 0.0, divergence_mult: float = 3.0,
   return step
 
 
-def guarded_step_of(p, tx, cfg, leaf_rms: bool = False):
+def guarded_step_of(p, tx, cfg, leaf_rms: bool = False, grad_norm: bool = True):
   """``make_guarded_step`` with the config's z-loss and divergence multiple."""
   return make_guarded_step(p, tx, cfg.model.get("z_loss", 0.0),
-                           cfg.train.get("divergence_mult", 3.0), leaf_rms)
+                           cfg.train.get("divergence_mult", 3.0), leaf_rms, grad_norm)
 
 
 # ----------------------------------------------------------------------------
@@ -217,7 +220,8 @@ def init_program(b0, cfg0, batched: bool = True):
   def init_one(key, stds, hp, mults, steps):
     params = init_fn(jax.random.wrap_key_data(key), stds)
     return params, optim.build(ocfg0, {**mults, **static}, steps, hp).init(params)
-  return jax.jit(jax.vmap(init_one) if batched else init_one)
+  return jax.jit(jax.vmap(init_one) if batched else init_one,
+                 compiler_options=perf.init_compiler_options())
 
 
 def init_args(builts, cfgs) -> tuple:
@@ -255,15 +259,35 @@ def init_trials(builts, cfgs, program=None) -> list[dict]:
   return out
 
 
-def init_lowered(b0, cfg0, K: int | None = None):
+def init_traced(b0, cfg0, K: int | None = None):
   """The init program of a group whose first trial is built as ``b0`` from
-  ``cfg0``, lowered for its abstract arguments (``jax.stages.Lowered``):
+  ``cfg0``, traced for its abstract arguments (``jax.stages.Traced``):
   vmapped over K stacked trials (``init_group``'s), or for one trial with
-  ``K=None`` (``init_trials``')."""
+  ``K=None`` (``init_trials``').  One trace serves both the abstract state
+  (``abstract_state``) and the program (``.lower()``)."""
   if K is None:
-    return init_program(b0, cfg0, batched=False).lower(*abstract(trial_init_args(b0, cfg0)))
+    return init_program(b0, cfg0, batched=False).trace(*abstract(trial_init_args(b0, cfg0)))
   args = jax.eval_shape(lambda: init_args([b0] * K, [cfg0] * K))
-  return init_program(b0, cfg0).lower(*args)
+  return init_program(b0, cfg0).trace(*args)
+
+
+def abstract_state(traced, K: int | None = None, stacked: bool = False) -> dict:
+  """``jax.ShapeDtypeStruct``s of the guarded state that ``init_traced``'s
+  program starts, nothing computed: one trial's; with ``K``, the K trials'
+  stacked, from a one-trial trace (a leading K axis on every leaf) or, with
+  ``stacked``, from the K-trial trace."""
+  params, opt = traced.out_info
+  shape = (K,) if stacked else ()
+  state = jax.eval_shape(lambda p, o: guard({"step": jnp.zeros(shape, jnp.int32), "params": p,
+                                             "opt_state": o}, shape), params, opt)
+  if K is None or stacked:
+    return state
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((K,) + x.shape, x.dtype), state)
+
+
+def init_lowered(b0, cfg0, K: int | None = None):
+  """``init_traced``'s program lowered (``jax.stages.Lowered``)."""
+  return init_traced(b0, cfg0, K).lower()
 
 
 def aot_init(b0, cfg0, K: int | None = None):
@@ -304,8 +328,14 @@ def compile_group(p, tx, cfg, loop: str):
   or mapped over the stacked state, or (``seq``) for one trial's state,
   called once per trial (see ``resolve_trial_loop``); the batch is shared by
   every trial.  ``step`` returns (state, metrics); ``eval`` the eval metrics.
-  ``aot`` compiles them ahead of their first call."""
-  guarded = guarded_step_of(p, tx, cfg)
+  ``aot`` compiles them ahead of their first call.
+
+  The step's metrics are ``loss`` and ``ce``, what a sweep reads: no grad
+  norm, whose reductions over every gradient cost a measurable part of a
+  small trial's CPU step (docs/performance.md, "Copies and the grad norm");
+  the state it returns is the same bits either way
+  (tests/test_compile_ahead.py)."""
+  guarded = guarded_step_of(p, tx, cfg, grad_norm=False)
   evaluate = make_eval_step(p)
   mm = perf.matmul_dtype(cfg)
   if loop == "seq":

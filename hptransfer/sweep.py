@@ -174,12 +174,15 @@ class _Plan:
     self.b0 = build_lib.build(self.cfgs[0])
     self.task = self.b0.task
     self.tx0 = optim_build(self.b0, cfg)
-    self.abstract = jax.eval_shape(lambda: step_lib.init_group([self.b0] * K,
-                                                               [self.cfgs[0]] * K))
     self.abstract_consts = jax.eval_shape(lambda: step_lib.stack([self.b0.consts()] * K))
     self.state_sharding, self.batch_sharding = _shardings(K, self.B)
     self.loop = resolve_trial_loop(trial_loop, self.state_sharding is not None
                                    or self.batch_sharding is not None)
+    # The init program's one trace gives the abstract state (stacked: what
+    # a checkpoint restores) and, lowered, the program (seq: one trial's).
+    self._init_traced = step_lib.init_traced(self.b0, self.cfgs[0],
+                                             None if self.loop == "seq" else K)
+    self.abstract = step_lib.abstract_state(self._init_traced, K, stacked=self.loop != "seq")
     self.key = _program_key(group, trial_loop)
     self.batch = step_lib.abstract(self.task.batch(cfg.data.seed, 0, self.B),
                                    self.batch_sharding)
@@ -218,7 +221,7 @@ class _Plan:
           lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
     state = step_lib.abstract(state, sh)
     if which == "init":      # seq: one trial's init, called K times
-      return step_lib.init_lowered(self.b0, self.cfgs[0], None if self.loop == "seq" else self.K)
+      return self._init_traced.lower()
     if which == "step":
       return vstep.lower(state, consts, self.batch)
     return veval.lower(state["params"], consts, self.val_batch)

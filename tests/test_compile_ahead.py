@@ -6,6 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from hptransfer import build as build_lib
+from hptransfer import perf
 from hptransfer import results as results_lib
 from hptransfer import step as step_lib
 from hptransfer import sweep as S
@@ -47,6 +48,30 @@ def test_aot_program_gives_bitwise_the_jitted_results(loop):
     out[how] = jax.device_get((state, metrics))
   jax.tree_util.tree_map(np.testing.assert_array_equal, out["jit"], out["aot"])
   assert np.all(np.asarray(out["aot"][0]["step"]) == 3)
+
+
+def test_group_step_drops_the_grad_norm_and_keeps_the_state_bits():
+  """A group's step returns only the metrics a sweep reads (no grad norm);
+  its state after three steps is bit for bit the state of the guarded step
+  that also computes the norm (what ``train`` runs)."""
+  cfg = tiny_config(**{"parameterization.name": "mup"})
+  built = build_lib.build(cfg)
+  tx = S.optim_build(built, cfg)
+  state0 = step_lib.init_trials([built], [cfg])[0]
+  consts = built.consts()
+  batches = [built.task.batch(0, s, cfg.train.batch_size) for s in range(3)]
+  group_step, _ = step_lib.compile_group(built, tx, cfg, "seq")
+  full_step = perf.jit_step(step_lib.guarded_step_of(built, tx, cfg), donate_argnums=0)
+  out = {}
+  for name, fn in (("group", group_step), ("full", full_step)):
+    state = jax.tree_util.tree_map(lambda x: x.copy(), state0)
+    for b in batches:
+      state, metrics = fn(state, consts, b)
+    out[name] = jax.device_get((state, metrics))
+  assert set(out["group"][1]) == {"loss", "ce"}
+  assert float(out["full"][1]["grad_norm"]) > 0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, out["group"][0], out["full"][0])
+  assert out["group"][1]["loss"] == out["full"][1]["loss"]
 
 
 @pytest.mark.parametrize("overrides", [

@@ -1,6 +1,7 @@
 """How the steps are compiled on CPU: Eigen dots and blocked attention by default."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import transformer
@@ -20,7 +21,7 @@ def test_cpu_steps_use_eigen_dots_unless_told_otherwise(monkeypatch):
   assert perf.cpu_dots() == "eigen"
   assert "ynn_fusion" not in _compiled_text(lambda x, y: x @ y, a, b)
   monkeypatch.setenv(perf.CPU_DOTS_ENV, "ynn")
-  assert perf.compiler_options() == {}
+  assert "xla_cpu_experimental_ynn_fusion_type" not in perf.compiler_options()
   assert "__ynn_fusion" in _compiled_text(lambda x, y: x @ y, a, b)
 
 
@@ -78,3 +79,36 @@ def test_frozen_heap_keeps_gc_off_the_setup_objects_and_restores():
     assert gc.get_freeze_count() == n
   finally:
     gc.unfreeze()
+
+
+def test_region_analysis_drops_the_state_copies_and_keeps_the_bits():
+  """With copy insertion's region analysis (in every CPU step's options),
+  a donated guarded Adam step updates its state in place: fewer copies, and
+  the same state bit for bit after three steps as without the option."""
+  from conftest import tiny_config
+  from hptransfer import build as build_lib
+  from hptransfer import step as step_lib
+  from hptransfer import sweep as S
+  assert perf.compiler_options()["xla_cpu_copy_insertion_use_region_analysis"] is True
+  assert perf.init_compiler_options() == {"xla_cpu_copy_insertion_use_region_analysis": True}
+  cfg = tiny_config()
+  built = build_lib.build(cfg)
+  tx = S.optim_build(built, cfg)
+  state0 = step_lib.init_trials([built], [cfg])[0]
+  consts = built.consts()
+  batches = [built.task.batch(0, s, cfg.train.batch_size) for s in range(3)]
+  step = step_lib.guarded_step_of(built, tx, cfg)
+  out, copies = {}, {}
+  for region in (False, True):
+    opts = {**perf.compiler_options(), "xla_cpu_copy_insertion_use_region_analysis": region}
+    state = jax.tree_util.tree_map(lambda x: x.copy(), state0)
+    prog = jax.jit(step, donate_argnums=0, compiler_options=opts).lower(
+        *step_lib.abstract((state, consts, batches[0]))).compile()
+    copies[region] = prog.as_text().count(" copy(")
+    for b in batches:
+      state, _ = prog(state, consts, b)
+    out[region] = jax.device_get(state)
+  n_params = len(jax.tree_util.tree_leaves(state0["params"]))
+  assert copies[True] <= copies[False] - n_params, copies   # Adam's moments no longer copied
+  jax.tree_util.tree_map(np.testing.assert_array_equal, out[False], out[True])
+  assert int(out[True]["step"]) == 3

@@ -28,6 +28,14 @@ _CPU_DOTS = {
     # XLA:CPU's default in jax 0.10: matmuls (and some reductions) as YNNPACK fusions.
     "ynn": {},
 }
+# Every CPU program (train, eval and init steps): copy insertion with XLA's
+# region analysis.  Without it, XLA:CPU copies every donated optimizer-state
+# leaf before the step updates it in place (85 copies in the 16-trial
+# width-128 study's step, 36 with it, the rest being attention transposes).
+# A copy moves bytes and never changes a value: the programs give the same
+# bits (tests/test_compile_options.py), run faster and compile faster
+# (docs/performance.md, "Copies and the grad norm").
+_CPU_ALWAYS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 class PerfError(ConfigError):
@@ -54,6 +62,9 @@ def cpu_dots(matmul_dtype: str = "") -> str:
 def compiler_options(matmul_dtype: str = "") -> dict:
   """XLA options the training and evaluation steps are compiled with.
 
+  On CPU, copy insertion uses region analysis (``_CPU_ALWAYS``; also for
+  the init programs, ``init_compiler_options``).
+
   On CPU the float32 matmuls go to XLA's Eigen emitter instead of YNNPACK
   fusions (``$HPTRANSFER_CPU_DOTS``: eigen, the default, or ynn).  Eigen is
   1.07-1.11x faster for the Transformer step at width 256 / 16x128,
@@ -66,7 +77,14 @@ def compiler_options(matmul_dtype: str = "") -> dict:
   """
   if jax.default_backend() != "cpu":
     return {}
-  return dict(_CPU_DOTS[cpu_dots(matmul_dtype)])
+  return {**_CPU_ALWAYS, **_CPU_DOTS[cpu_dots(matmul_dtype)]}
+
+
+def init_compiler_options() -> dict:
+  """XLA options of the programs that initialize a run's state: the CPU
+  copy-insertion option of ``compiler_options`` (no matmuls to choose a
+  library for)."""
+  return dict(_CPU_ALWAYS) if jax.default_backend() == "cpu" else {}
 
 
 def jit_step(fn, matmul_dtype: str = "", **kwargs):
