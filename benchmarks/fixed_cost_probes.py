@@ -61,6 +61,7 @@ def _use_pool(workers):
   from concurrent.futures import ThreadPoolExecutor
   from hptransfer import sweep as S
   S._POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
+  S._POOL_WORKERS[0] = workers
 
 
 def options(opts):

@@ -274,8 +274,10 @@ def memory_budget() -> int:
 
 
 def make_groups(trials: list[Trial], max_group_size: int = 0,
-                memory_bytes: int = 0) -> list[Group]:
-  """Trials grouped by compiled shape, each group cut to what fits."""
+                memory_bytes: int = 0, builds: dict | None = None) -> list[Group]:
+  """Trials grouped by compiled shape, each group cut to what fits.
+  ``builds``: a dict that receives the build made here of each shape's
+  first trial, by trial id (a sweep's first group reuses it)."""
   from hptransfer import build as build_lib
   by_key: dict[str, list[Trial]] = {}
   for t in trials:
@@ -285,6 +287,8 @@ def make_groups(trials: list[Trial], max_group_size: int = 0,
     members = by_key[key]
     built = build_lib.build(members[0].cfg)
     built.task.sha256          # loads and checks the data before any training
+    if builds is not None:
+      builds[members[0].id] = built
     cap = max(1, (memory_bytes or memory_budget()) // bytes_per_trial(built))
     if max_group_size:
       cap = min(cap, max_group_size)

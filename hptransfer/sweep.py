@@ -45,6 +45,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 
 import jax
@@ -127,6 +128,11 @@ _COMPILED: dict = {}
 # Groups prepared ahead (builds, consts, abstract state): group id -> Future.
 _PLANS: dict = {}
 _POOL = None
+_POOL_WORKERS = [0]      # the compile pool's threads, once it exists
+# Builds that make_groups already made, by trial id, for the plan of the
+# group that starts with that trial (taken once; checked to be of the same
+# config object).
+_FIRST_BUILDS: dict = {}
 
 
 def _compile_pool():
@@ -142,6 +148,7 @@ def _compile_pool():
     # (docs/perf/fixed_cost_probes_cpu.json, ``timeline``).
     workers = 2 if (os.cpu_count() or 1) > 4 else 1
     _POOL = ThreadPoolExecutor(workers, thread_name_prefix="hptransfer-compile")
+    _POOL_WORKERS[0] = workers
   return _POOL
 
 
@@ -171,7 +178,8 @@ class _Plan:
     self.cfg = cfg = group.cfg
     self.B = cfg.train.batch_size
     self.cfgs = [t.cfg for t in self.trials]
-    self.b0 = build_lib.build(self.cfgs[0])
+    b0 = _FIRST_BUILDS.pop(self.trials[0].id, None)
+    self.b0 = b0 if b0 is not None and b0.cfg is self.cfgs[0] else build_lib.build(self.cfgs[0])
     self.task = self.b0.task
     self.tx0 = optim_build(self.b0, cfg)
     self.abstract_consts = jax.eval_shape(lambda: step_lib.stack([self.b0.consts()] * K))
@@ -190,6 +198,7 @@ class _Plan:
                                        self.batch_sharding)
     self._lock = threading.Lock()
     self._builds = None
+    self._lowered: dict = {}   # which -> (Lowered, seconds), from lower_ahead
 
   def builds(self):
     """(every trial's build, their consts: stacked, or a list of K for
@@ -203,10 +212,21 @@ class _Plan:
       return self._builds
 
   def compile(self, which: str):
-    """(compiled program, seconds): ``which`` is "init", "step" or "eval"."""
+    """(compiled program, seconds): ``which`` is "init", "step" or "eval";
+    lowered here unless ``lower_ahead`` lowered it (its seconds count)."""
     t0 = time.perf_counter()
-    out = self.lower(which).compile()
-    return out, time.perf_counter() - t0
+    lowered, secs = self._lowered.pop(which, (None, 0.0))
+    out = (lowered or self.lower(which)).compile()
+    return out, secs + time.perf_counter() - t0
+
+  def lower_ahead(self, which: str) -> None:
+    """Trace and lower ``which`` now, for a later ``compile``; a failure is
+    left to ``compile``, which lowers again and raises it."""
+    t0 = time.perf_counter()
+    try:
+      self._lowered[which] = (self.lower(which), time.perf_counter() - t0)
+    except Exception:   # noqa: BLE001
+      pass
 
   def lower(self, which: str):
     """The ``jax.stages.Lowered`` that ``compile(which)`` compiles: the same
@@ -255,9 +275,28 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
         f.set_result(plan.compile(which))
       except BaseException as e:   # noqa: BLE001
         f.set_exception(e)
+    if jobs and ahead and _POOL_WORKERS[0] == 1:
+      # One compile thread: the init program compiles on a thread of its
+      # own while this one traces and lowers the step and eval programs and
+      # makes the trials' builds (Python, beside XLA's compile, which leaves
+      # part of a core idle); then the step and eval compiles queue.  The
+      # same programs, compiled one after another as before.
+      side = threading.Thread(target=compile_, args=("init", jobs["init"]),
+                              name="hptransfer-compile-init")
+      side.start()
+      plan.lower_ahead("step")
+      plan.lower_ahead("eval")
+      try:
+        plan.builds()
+      except Exception:    # noqa: BLE001 - raised again where run_group builds them
+        pass
+      side.join()
+      for which in ("step", "eval"):
+        _compile_pool().submit(compile_, which, jobs[which])
+      return
     # The step and eval programs go to the pool first, so that with two
     # compile threads the step compiles beside the init program (compiled
-    # here); with one they queue behind it, in the same order as before.
+    # here).
     for which in (("step", "eval", "init") if jobs else ()):
       f = jobs[which]
       if ahead and which != "init":
@@ -631,7 +670,11 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
   resolve_trial_loop(trial_loop, False)   # a bad value fails before any training
   _check_mesh(base_cfg)
   trials = expand(base_cfg, overrides)
-  groups = make_groups(trials, max_group_size, int(memory_gb * (1 << 30)))
+  first_builds: dict = {}
+  groups = make_groups(trials, max_group_size, int(memory_gb * (1 << 30)), first_builds)
+  _FIRST_BUILDS.clear()
+  if not dry_run:
+    _FIRST_BUILDS.update(first_builds)
   if dry_run:
     total = 0.0
     for g in groups:

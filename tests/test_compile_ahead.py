@@ -181,6 +181,7 @@ def test_with_two_compile_threads_the_step_compiles_beside_the_init(tmp_path, mo
   monkeypatch.setattr(S._Plan, "compile", watched)
   pool = ThreadPoolExecutor(2, thread_name_prefix="hptransfer-compile")
   monkeypatch.setattr(S, "_POOL", pool)
+  monkeypatch.setattr(S, "_POOL_WORKERS", [2])
   S._COMPILED.clear()
   try:
     rows = S.run(cfg, S.sweep("optimizer.lr", [1e-3, 1e-2]), str(tmp_path / "w"),
