@@ -6,6 +6,7 @@
     python benchmarks/fixed_cost_probes.py pool WORKERS [STEPS]
     python benchmarks/fixed_cost_probes.py timeline WORKERS [STEPS]
     python benchmarks/fixed_cost_probes.py all --out docs/perf/fixed_cost_probes_cpu.json
+    python benchmarks/fixed_cost_probes.py all --modes timeline --out OUT.json
 
 ``options``: wall and process-CPU seconds to compile the study group's init,
 step and eval programs (benchmarks/study.py's 16-trial width-128 group, seq
@@ -19,8 +20,9 @@ arm with a compile pool of WORKERS threads instead of the sweep's default,
 printing its wall and the group's timing.  ``timeline``: the same, printing
 when (seconds from the sweep call) each piece of the group's preparation
 began and ended, and on which thread.  ``all``: each of the above in a
-fresh process, variants alternated, ``--rounds`` times; writes every row with
-the machine, versions and commands to ``--out``.
+fresh process, variants alternated, ``--rounds`` times (``--modes``: only
+those; ``--steps``: a timeline's steps); writes every row with the machine,
+versions and commands to ``--out``.
 """
 import argparse
 import hashlib
@@ -126,14 +128,24 @@ OPTION_VARIANTS = [{}, {"xla_llvm_disable_expensive_passes": True},
 O1 = {"xla_backend_optimization_level": 1}
 
 
-def run_all(rounds: int, out_path: str):
+MODES = ("options", "pool", "timeline", "init_bits", "dispatch")
+
+
+def run_all(rounds: int, out_path: str, modes=MODES, steps: int = 20):
   import study
   from hptransfer import provenance
   cmds = []
   for _ in range(rounds):
-    cmds += [["options", json.dumps(o)] for o in OPTION_VARIANTS]
-    cmds += [["pool", "1"], ["pool", "2"], ["timeline", "1", "20"], ["timeline", "2", "20"]]
-  cmds += [["init_bits", json.dumps(O1)], ["dispatch"]]
+    if "options" in modes:
+      cmds += [["options", json.dumps(o)] for o in OPTION_VARIANTS]
+    if "pool" in modes:
+      cmds += [["pool", "1"], ["pool", "2"]]
+    if "timeline" in modes:
+      cmds += [["timeline", "1", str(steps)], ["timeline", "2", str(steps)]]
+  if "init_bits" in modes:
+    cmds += [["init_bits", json.dumps(O1)]]
+  if "dispatch" in modes:
+    cmds += [["dispatch"]]
   rows = []
   for c in cmds:
     line = "python benchmarks/fixed_cost_probes.py " + " ".join(
@@ -206,10 +218,19 @@ def main():
     ap = argparse.ArgumentParser(prog="fixed_cost_probes.py all")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"comma-separated, of {','.join(MODES)}")
+    ap.add_argument("--steps", type=int, default=20, help="a timeline run's steps")
     a = ap.parse_args(sys.argv[2:])
     if a.rounds < 1:
       raise SystemExit(f"--rounds={a.rounds} must be at least 1")
-    return run_all(a.rounds, a.out)
+    modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+      raise SystemExit(f"--modes={a.modes!r}: each must be one of {', '.join(MODES)}")
+    if a.steps < 1:
+      raise SystemExit(f"--steps={a.steps} must be at least 1")
+    return run_all(a.rounds, a.out, modes, a.steps)
   if mode in ("options", "init_bits"):
     opts = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     if not isinstance(opts, dict):
