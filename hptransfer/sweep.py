@@ -277,19 +277,19 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
         f.set_exception(e)
     if jobs and ahead and _POOL_WORKERS[0] == 1:
       # One compile thread: the init program compiles on a thread of its
-      # own while this one traces and lowers the step and eval programs and
-      # makes the trials' builds (Python, beside XLA's compile, which leaves
-      # part of a core idle); then the step and eval compiles queue.  The
+      # own while this one makes the trials' builds and traces and lowers
+      # the step and eval programs (Python, beside XLA's compile, which
+      # leaves part of a core idle); then the step and eval compiles queue.  The
       # same programs, compiled one after another as before.
       side = threading.Thread(target=compile_, args=("init", jobs["init"]),
                               name="hptransfer-compile-init")
       side.start()
-      plan.lower_ahead("step")
-      plan.lower_ahead("eval")
-      try:
-        plan.builds()
+      try:                 # first, so run_group waits for them instead of
+        plan.builds()      # making them beside the lowering (one GIL)
       except Exception:    # noqa: BLE001 - raised again where run_group builds them
         pass
+      plan.lower_ahead("step")
+      plan.lower_ahead("eval")
       side.join()
       for which in ("step", "eval"):
         _compile_pool().submit(compile_, which, jobs[which])
