@@ -94,9 +94,10 @@ def make_train_step(p, tx, z_loss: float = 0.0, leaf_rms: bool = True,
 
   ``consts`` (``p.consts()``) holds the forward multipliers and model knobs.
   Metrics: ``loss``, ``ce``, ``grad_norm`` (unless ``grad_norm=False``) and,
-  with ``leaf_rms``, the per-leaf rms of params, grads and updates.  With dropout (``p.dropout_on``) the
-  masks of step t come from ``api.dropout_rng(consts, t)``: a pure function of
-  the trial's seed and the step, so a resumed run repeats them.
+  with ``leaf_rms``, the per-leaf rms of params, grads and updates.  With
+  dropout (``p.dropout_on``) the masks of step t come from
+  ``api.dropout_rng(consts, t)``: a pure function of the trial's seed and the
+  step, so a resumed run repeats them.
   """
   from hptransfer import api
   grad_fn = jax.value_and_grad(lambda prm, c, b, r: loss_fn(p, prm, c, b, z_loss, r),
