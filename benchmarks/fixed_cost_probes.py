@@ -46,11 +46,12 @@ def _cpu():
   return r.ru_utime + r.ru_stime
 
 
-def _plan():
+def _plan(steps: int = 2):
+  """The study group's ``_Plan`` (benchmarks/study.py's float32 group)."""
   import study
   from hptransfer import sweep as S
   jax.config.update("jax_enable_compilation_cache", False)
-  a = argparse.Namespace(widths="128", lrs=8, steps=2, trial_loop="auto")
+  a = argparse.Namespace(widths="128", lrs=8, steps=steps, trial_loop="auto")
   cfg = study.study_config(a)
   return S._Plan(S.make_groups(S.expand(cfg, study.study_grid(a)), 64, 1 << 34)[0], "auto")
 

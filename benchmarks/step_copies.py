@@ -54,14 +54,12 @@ def main():
   if a.rounds < 2:
     raise SystemExit(f"--rounds={a.rounds} must be at least 2 (the first is a warm-up)")
   import study
+  from fixed_cost_probes import _plan
   from hptransfer import perf
   from hptransfer import provenance
   from hptransfer import step as st
-  from hptransfer import sweep as S
-  jax.config.update("jax_enable_compilation_cache", False)
-  args = argparse.Namespace(widths="128", lrs=8, steps=200, trial_loop="auto")
-  cfg = study.study_config(args)
-  plan = S._Plan(S.make_groups(S.expand(cfg, study.study_grid(args)), 64, 1 << 34)[0], "auto")
+  plan = _plan(steps=200)
+  cfg = plan.cfg
   assert plan.loop == "seq", plan.loop
   builds, consts = plan.builds()
   one = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),

@@ -286,14 +286,9 @@ def abstract_state(traced, K: int | None = None, stacked: bool = False) -> dict:
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((K,) + x.shape, x.dtype), state)
 
 
-def init_lowered(b0, cfg0, K: int | None = None):
-  """``init_traced``'s program lowered (``jax.stages.Lowered``)."""
-  return init_traced(b0, cfg0, K).lower()
-
-
 def aot_init(b0, cfg0, K: int | None = None):
-  """``init_lowered``'s program compiled ahead (as ``aot`` compiles)."""
-  return init_lowered(b0, cfg0, K).compile()
+  """``init_traced``'s program compiled ahead (as ``aot`` compiles)."""
+  return init_traced(b0, cfg0, K).lower().compile()
 
 
 # ----------------------------------------------------------------------------

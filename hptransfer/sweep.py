@@ -216,7 +216,7 @@ class _Plan:
     lowered here unless ``lower_ahead`` lowered it (its seconds count)."""
     t0 = time.perf_counter()
     lowered, secs = self._lowered.pop(which, (None, 0.0))
-    out = (lowered or self.lower(which)).compile()
+    out = (lowered if lowered is not None else self.lower(which)).compile()
     return out, secs + time.perf_counter() - t0
 
   def lower_ahead(self, which: str) -> None:
@@ -232,6 +232,8 @@ class _Plan:
     """The ``jax.stages.Lowered`` that ``compile(which)`` compiles: the same
     program ``step.aot`` would compile (benchmarks/fixed_cost_probes.py
     compiles it under other XLA options)."""
+    if which == "init":      # seq: one trial's init, called K times
+      return self._init_traced.lower()
     vstep, veval = step_lib.compile_group(self.b0, self.tx0, self.cfg, self.loop)
     sh = None if self.loop == "seq" else self.state_sharding
     state = self.abstract
@@ -240,8 +242,6 @@ class _Plan:
       state, consts = (jax.tree_util.tree_map(
           lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t) for t in (state, consts))
     state = step_lib.abstract(state, sh)
-    if which == "init":      # seq: one trial's init, called K times
-      return self._init_traced.lower()
     if which == "step":
       return vstep.lower(state, consts, self.batch)
     return veval.lower(state["params"], consts, self.val_batch)
@@ -275,6 +275,12 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
         f.set_result(plan.compile(which))
       except BaseException as e:   # noqa: BLE001
         f.set_exception(e)
+
+    def build_trials():    # run_group makes them (and raises) if this fails
+      try:
+        plan.builds()
+      except Exception:    # noqa: BLE001
+        pass
     if jobs and ahead and _POOL_WORKERS[0] == 1:
       # One compile thread: the init program compiles on a thread of its
       # own while this one makes the trials' builds and traces and lowers
@@ -284,11 +290,8 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
       side = threading.Thread(target=compile_, args=("init", jobs["init"]),
                               name="hptransfer-compile-init")
       side.start()
-      try:                 # first, so run_group waits for them instead of
-        plan.builds()      # making them beside the lowering (one GIL)
-      except Exception:    # noqa: BLE001 - raised again where run_group builds them
-        pass
-      plan.lower_ahead("step")
+      build_trials()       # first, so run_group waits for them instead of
+      plan.lower_ahead("step")   # making them beside the lowering (one GIL)
       plan.lower_ahead("eval")
       side.join()
       for which in ("step", "eval"):
@@ -304,10 +307,7 @@ def _prepare(group: Group, trial_loop: str, ahead: bool) -> None:
       else:
         compile_(which, f)
     if ahead:
-      try:                 # the trials' builds (run_group makes them if this fails)
-        plan.builds()
-      except Exception:    # noqa: BLE001 - raised again where run_group builds them
-        pass
+      build_trials()
 
   if ahead:
     _compile_pool().submit(work)
@@ -670,11 +670,9 @@ def run(base_cfg, overrides, workdir: str, *, worker_index: int = 0, num_workers
   resolve_trial_loop(trial_loop, False)   # a bad value fails before any training
   _check_mesh(base_cfg)
   trials = expand(base_cfg, overrides)
-  first_builds: dict = {}
-  groups = make_groups(trials, max_group_size, int(memory_gb * (1 << 30)), first_builds)
   _FIRST_BUILDS.clear()
-  if not dry_run:
-    _FIRST_BUILDS.update(first_builds)
+  groups = make_groups(trials, max_group_size, int(memory_gb * (1 << 30)),
+                       None if dry_run else _FIRST_BUILDS)
   if dry_run:
     total = 0.0
     for g in groups:
